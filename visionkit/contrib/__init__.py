@@ -1,0 +1,19 @@
+"""visionkit.contrib: headless MobileViT backbones (v1, v2, v3) and task heads.
+
+Stability: *contrib* — the public names below are tested and documented, but may still change between minor
+releases while the API settles.
+"""
+
+from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
+from .configs import BackboneConfig
+from .heads import ClassificationHead
+
+__all__ = [
+    "BackboneConfig",
+    "ClassificationHead",
+    "FeatureInfo",
+    "MobileViT",
+    "MobileViTBackbone",
+    "MobileViTv2",
+    "MobileViTv3",
+]

@@ -1,0 +1,54 @@
+"""Argument and input validation on top of :mod:`kornia.core.check`.
+
+kornia's check helpers raise :class:`kornia.core.exceptions.ShapeError` / ``TypeCheckError`` /
+``ValueCheckError``, which subclass :class:`ValueError` / :class:`TypeError`, so callers can catch the built-ins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import torch
+from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA_CHECK_TYPE
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
+
+__all__ = ["check_choice", "check_image", "check_positive_int", "check_type"]
+
+
+def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None:
+    """Raise ``TypeError`` naming ``name`` when ``value`` is not an instance of ``expected``."""
+    if isinstance(value, bool) and expected in (int, float, (int, float)):
+        raise TypeCheckError(f"{name} must be a number, got a bool ({value!r})", actual_type=bool)
+    KORNIA_CHECK_TYPE(value, expected, f"argument {name!r}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an ``int`` greater than zero."""
+    check_type(name, value, int)
+    if value <= 0:
+        raise ValueCheckError(f"{name} must be a positive integer, got {value}", actual_value=value)
+
+
+def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
+    """Raise ``ValueError`` listing the valid ``choices`` when ``value`` is not one of them."""
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueCheckError(f"{name} must be one of {valid}; got {value!r}", actual_value=value)
+
+
+def check_image(x: Any, channels: int) -> None:
+    """Validate a batch of images :math:`(B, C, H, W)` with ``C == channels`` and a floating dtype.
+
+    Raises:
+        TypeError: ``x`` is not a tensor, or its dtype is not floating point.
+        ValueError: ``x`` is not 4-D, or its channel count differs from ``channels``.
+    """
+    KORNIA_CHECK_IS_TENSOR(x, "the input must be a batch of images of shape (B, C, H, W)")
+    KORNIA_CHECK_SHAPE(x, ["B", str(channels), "H", "W"])
+    if not x.is_floating_point():
+        raise TypeCheckError(
+            f"the input must be a floating-point tensor (e.g. torch.float32), got dtype {x.dtype}; "
+            "convert integer images with x.float() / 255",
+            actual_type=x.dtype,
+        )

@@ -1,0 +1,196 @@
+"""Transformer layers of the MobileViT families.
+
+* v1 / v3-on-v1: pre-norm multi-head self-attention over patch tokens, :math:`(B \\cdot P, N, d)`, with a fused
+  ``qkv_proj`` and per-token ``LayerNorm`` (:class:`TransformerEncoder`).
+* v2 / v3-on-v2: separable (linear) self-attention on :math:`(B, d, P, N)` maps with 1x1 convolutions and
+  ``GroupNorm(1, d)`` (:class:`LinearAttnFFN`).
+
+Names follow the official checkpoints: ``pre_norm_mha``/``pre_norm_attn`` and ``pre_norm_ffn`` are
+``nn.Sequential`` containers whose indices match the official state dict.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import ConvLayer
+
+__all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with one fused ``qkv_proj`` (rows ordered ``[q | k | v]``).
+
+    Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`, so fused kernels avoid
+    materialising the :math:`N \\times N` matrix where the backend allows it.
+
+    Args:
+        dim: token width :math:`d`; must be divisible by ``num_heads``.
+        num_heads: number of attention heads.
+        attn_dropout: dropout on the attention weights during training.
+
+    Shape:
+        - Input: :math:`(B, N, d)`
+        - Output: :math:`(B, N, d)`
+
+    Example:
+        >>> attn = MultiHeadAttention(64, num_heads=4)
+        >>> attn(torch.rand(2, 16, 64)).shape
+        torch.Size([2, 16, 64])
+    """
+
+    def __init__(self, dim: int, num_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim must be divisible by num_heads, got dim={dim} and num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_dropout = attn_dropout
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv_proj(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class TransformerEncoder(nn.Module):
+    """Pre-norm transformer layer of MobileViT v1: ``x + MHA(LN(x))`` then ``x + FFN(LN(x))``.
+
+    Args:
+        dim: token width :math:`d`.
+        ffn_dim: hidden width of the feed-forward network.
+        num_heads: number of attention heads.
+        dropout: dropout after the attention and after the feed-forward network.
+        attn_dropout: dropout on the attention weights.
+        ffn_dropout: dropout between the two feed-forward linears.
+
+    Shape:
+        - Input: :math:`(B, N, d)`
+        - Output: :math:`(B, N, d)`
+
+    Example:
+        >>> layer = TransformerEncoder(64, 128, num_heads=4)
+        >>> layer(torch.rand(2, 16, 64)).shape
+        torch.Size([2, 16, 64])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        *,
+        num_heads: int,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pre_norm_mha = nn.Sequential(
+            nn.LayerNorm(dim, eps=1e-5),
+            MultiHeadAttention(dim, num_heads, attn_dropout),
+            nn.Dropout(dropout),
+        )
+        self.pre_norm_ffn = nn.Sequential(
+            nn.LayerNorm(dim, eps=1e-5),
+            nn.Linear(dim, ffn_dim),
+            nn.SiLU(),
+            nn.Dropout(ffn_dropout),
+            nn.Linear(ffn_dim, dim),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pre_norm_mha(x)
+        return x + self.pre_norm_ffn(x)
+
+
+class LinearSelfAttention(nn.Module):
+    """Separable self-attention of MobileViTv2, linear in the number of patches.
+
+    ``qkv_proj`` maps :math:`d` channels to ``1 + 2d``: one context-score channel, then keys, then values. The
+    scores are a softmax over the patch axis :math:`N`, separately for each of the :math:`P` pixel positions.
+
+    Args:
+        dim: channel width :math:`d`.
+        attn_dropout: dropout on the context scores during training.
+
+    Shape:
+        - Input: :math:`(B, d, P, N)`
+        - Output: :math:`(B, d, P, N)`
+
+    Example:
+        >>> attn = LinearSelfAttention(64)
+        >>> attn(torch.rand(2, 64, 4, 16)).shape
+        torch.Size([2, 64, 4, 16])
+    """
+
+    def __init__(self, dim: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv_proj = ConvLayer(dim, 1 + 2 * dim, 1, bias=True, norm=False, act_layer=None)
+        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.out_proj = ConvLayer(dim, dim, 1, bias=True, norm=False, act_layer=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv_proj(x).split([1, self.dim, self.dim], dim=1)
+        context_scores = self.attn_dropout(F.softmax(query, dim=-1))
+        context_vector = (key * context_scores).sum(dim=-1, keepdim=True)
+        return self.out_proj(F.relu(value) * context_vector)
+
+
+class LinearAttnFFN(nn.Module):
+    """Pre-norm layer of MobileViTv2: ``x + SepAttn(GN(x))`` then ``x + FFN(GN(x))``.
+
+    The norm is ``GroupNorm(1, d)``, which normalises jointly over all :math:`d \\cdot P \\cdot N` values of a
+    sample (the official "layer_norm_2d"), with a per-channel affine.
+
+    Args:
+        dim: channel width :math:`d`.
+        ffn_dim: hidden width of the feed-forward network.
+        dropout: dropout after the attention and after the feed-forward network.
+        attn_dropout: dropout on the context scores.
+        ffn_dropout: dropout between the two feed-forward convolutions.
+
+    Shape:
+        - Input: :math:`(B, d, P, N)`
+        - Output: :math:`(B, d, P, N)`
+
+    Example:
+        >>> layer = LinearAttnFFN(64, 128)
+        >>> layer(torch.rand(2, 64, 4, 16)).shape
+        torch.Size([2, 64, 4, 16])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        ffn_dim: int,
+        *,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pre_norm_attn = nn.Sequential(
+            nn.GroupNorm(1, dim, eps=1e-5),
+            LinearSelfAttention(dim, attn_dropout),
+            nn.Dropout(dropout),
+        )
+        self.pre_norm_ffn = nn.Sequential(
+            nn.GroupNorm(1, dim, eps=1e-5),
+            ConvLayer(dim, ffn_dim, 1, bias=True, norm=False, act_layer=nn.SiLU),
+            nn.Dropout(ffn_dropout),
+            ConvLayer(ffn_dim, dim, 1, bias=True, norm=False, act_layer=None),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pre_norm_attn(x)
+        return x + self.pre_norm_ffn(x)

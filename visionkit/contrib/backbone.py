@@ -1,0 +1,429 @@
+"""Headless MobileViT backbones (v1, v2, v3) that return feature maps, never logits.
+
+Papers:
+    * MobileViT: Light-weight, General-purpose, and Mobile-friendly Vision Transformer (arXiv:2110.02178).
+    * Separable Self-attention for Mobile Vision Transformers (MobileViTv2, arXiv:2206.02680).
+    * MobileViTv3: Mobile-Friendly Vision Transformer with Simple and Effective Fusion (arXiv:2209.15159).
+
+Module names mirror the official apple/ml-cvnets tree (``conv_1``, ``layer_1`` ... ``layer_5``,
+``conv_1x1_exp``), so an official state dict (less its ``classifier``) loads with ``load_state_dict`` as is.
+This file is an independent implementation written from the architecture description.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from kornia.core.exceptions import ValueCheckError
+from torch import nn
+
+from ._checks import check_choice, check_image, check_positive_int, check_type
+from .blocks import MobileViTBlock, MobileViTBlockV2
+from .configs import (
+    BackboneConfig,
+    ConvStageConfig,
+    TransformerStageConfig,
+    mobilevit_config,
+    mobilevit_v2_config,
+    mobilevit_v3_config,
+)
+from .layers import ConvLayer, InvertedResidual
+
+__all__ = ["FeatureInfo", "MobileViT", "MobileViTBackbone", "MobileViTv2", "MobileViTv3"]
+
+_LEVEL_MODULES = ("layer_1", "layer_2", "layer_3", "layer_4", "layer_5")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature level of a backbone.
+
+    Attributes:
+        channels: channels of the level's map.
+        reduction: input size divided by the map size (the stride, 2 to 32; less when ``output_stride`` dilates).
+        module: name of the module whose output the level is.
+    """
+
+    channels: int
+    reduction: int
+    module: str
+
+
+class MobileViTBackbone(nn.Module):
+    """A MobileViT backbone built from a :class:`~visionkit.contrib.configs.BackboneConfig`.
+
+    The class holds no variant names: :class:`MobileViT`, :class:`MobileViTv2` and :class:`MobileViTv3` pick the
+    configuration. Layout: ``conv_1`` (stride-2 stem), ``layer_1`` (stride 1), ``layer_2`` (stride 2), then
+    ``layer_3``, ``layer_4``, ``layer_5``, each a stride-2 inverted residual and a MobileViT block, then
+    ``conv_1x1_exp`` (1x1 conv + BN + SiLU; only in families that have it and only if ``expand_output``).
+
+    Feature levels (:attr:`feature_info`, :meth:`forward_intermediates`), 0-based:
+
+    ====== ================== ==================
+    index  module             reduction (OS 32)
+    ====== ================== ==================
+    0      stem + ``layer_1`` 2
+    1      ``layer_2``        4
+    2      ``layer_3``        8
+    3      ``layer_4``        16
+    4      ``layer_5``        32
+    ====== ================== ==================
+
+    Level 4 is the output of ``layer_5``, **before** ``conv_1x1_exp``; :meth:`forward` returns the map **after**
+    it (with :attr:`out_channels` channels). With ``expand_output=False`` the expansion is not built at all and
+    :meth:`forward` returns level 4.
+
+    ``output_stride`` 16 or 8 replaces the stride of ``layer_5`` (and ``layer_4``) by dilation as the official
+    segmentation models do: the downsampling inverted residual keeps the previous dilation, and blocks of
+    families with ``dilate_local`` dilate their depthwise local convolution.
+
+    Args:
+        config: the architecture.
+        in_channels: channels of the input images.
+        output_stride: 32, 16 or 8.
+        expand_output: build ``conv_1x1_exp`` (when the family has one) and return its output.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``in_channels < 1`` or ``output_stride`` not in (8, 16, 32).
+    """
+
+    def __init__(
+        self,
+        config: BackboneConfig,
+        *,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        expand_output: bool = True,
+    ) -> None:
+        super().__init__()
+        check_type("config", config, BackboneConfig)
+        check_positive_int("in_channels", in_channels)
+        check_type("output_stride", output_stride, int)
+        check_choice("output_stride", output_stride, (8, 16, 32))
+        check_type("expand_output", expand_output, bool)
+        self.config = config
+        self.in_channels = in_channels
+        self.output_stride = output_stride
+
+        self.conv_1 = ConvLayer(in_channels, config.stem_channels, 3, stride=2)
+        self.layer_1 = self._conv_stage(config.stem_channels, config.layer_1)
+        self.layer_2 = self._conv_stage(config.layer_1.out_channels, config.layer_2)
+        channels = [config.layer_1.out_channels, config.layer_2.out_channels]
+        reductions = [2, 4]
+        reduction, dilation = 4, 1
+        in_ch = config.layer_2.out_channels
+        for name in ("layer_3", "layer_4", "layer_5"):
+            stage_cfg: TransformerStageConfig = getattr(config, name)
+            prev_dilation, stride = dilation, 2
+            if reduction * 2 > output_stride:
+                dilation, stride = dilation * 2, 1
+            else:
+                reduction *= 2
+            setattr(self, name, self._transformer_stage(in_ch, stage_cfg, stride, prev_dilation, dilation))
+            in_ch = stage_cfg.out_channels
+            channels.append(in_ch)
+            reductions.append(reduction)
+
+        if expand_output and config.expansion_channels is not None:
+            self.conv_1x1_exp: nn.Module = ConvLayer(in_ch, config.expansion_channels, 1)
+            self.out_channels = config.expansion_channels
+        else:
+            self.conv_1x1_exp = nn.Identity()
+            self.out_channels = in_ch
+        self.feature_info: tuple[FeatureInfo, ...] = tuple(
+            FeatureInfo(c, r, m) for c, r, m in zip(channels, reductions, _LEVEL_MODULES)
+        )
+        self.reset_parameters()
+
+    @staticmethod
+    def _conv_stage(in_channels: int, cfg: ConvStageConfig) -> nn.Sequential:
+        blocks = []
+        for i in range(cfg.num_blocks):
+            stride = cfg.stride if i == 0 else 1
+            blocks.append(InvertedResidual(in_channels, cfg.out_channels, stride=stride, expand_ratio=cfg.expand_ratio))
+            in_channels = cfg.out_channels
+        return nn.Sequential(*blocks)
+
+    def _transformer_stage(
+        self, in_channels: int, cfg: TransformerStageConfig, stride: int, mv2_dilation: int, dilation: int
+    ) -> nn.Sequential:
+        block_cfg = self.config.block
+        downsample = InvertedResidual(
+            in_channels, cfg.out_channels, stride=stride, expand_ratio=cfg.expand_ratio, dilation=mv2_dilation
+        )
+        common = dict(
+            num_layers=cfg.num_layers,
+            patch_size=block_cfg.patch_size,
+            dropout=self.config.dropout,
+            attn_dropout=self.config.attn_dropout,
+            ffn_dropout=self.config.ffn_dropout,
+            fusion=block_cfg.fusion,
+        )
+        block: nn.Module
+        if block_cfg.attention == "multi_head":
+            block = MobileViTBlock(
+                cfg.out_channels,
+                cfg.attn_dim,
+                cfg.ffn_dim,
+                num_heads=block_cfg.num_heads,
+                local_depthwise=block_cfg.local_depthwise,
+                **common,  # type: ignore[arg-type]
+            )
+        else:
+            block = MobileViTBlockV2(
+                cfg.out_channels,
+                cfg.attn_dim,
+                cfg.ffn_dim,
+                dilation=dilation if block_cfg.dilate_local else 1,
+                **common,  # type: ignore[arg-type]
+            )
+        return nn.Sequential(downsample, block)
+
+    def reset_parameters(self) -> None:
+        """Initialise as the official code does: Kaiming-normal convs, truncated-normal linears, unit norms."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        """The five level modules ``layer_1`` ... ``layer_5`` (the stem runs before ``layer_1``)."""
+        return (self.layer_1, self.layer_2, self.layer_3, self.layer_4, self.layer_5)
+
+    def _level_indices(self, indices: Optional[Sequence[int]]) -> list[int]:
+        count = len(self.feature_info)
+        if indices is None:
+            return list(range(count))
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise TypeError(f"indices must be a sequence of ints such as (3, 4) or None, got {type(indices).__name__}")
+        if len(indices) == 0:
+            raise ValueCheckError("indices must name at least one level, got an empty sequence")
+        resolved = []
+        for index in indices:
+            check_type("indices[...]", index, int)
+            if not -count <= index < count:
+                raise ValueCheckError(
+                    f"feature level index must be in [{-count}, {count - 1}] (levels 0..{count - 1} are strides "
+                    f"{', '.join(str(f.reduction) for f in self.feature_info)}), got {index}",
+                    actual_value=index,
+                )
+            resolved.append(index % count)
+        return resolved
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Sequence[int]] = None) -> list[torch.Tensor]:
+        """Return the feature maps of the levels named by ``indices`` (all five when ``None``).
+
+        Levels are 0-based (see the class docstring); level 4 is ``layer_5``'s output *before* ``conv_1x1_exp``.
+        Only the layers up to the deepest requested level run.
+
+        Args:
+            x: images :math:`(B, C_{in}, H, W)`, floating point.
+            indices: level indices in ``[-5, 4]``, returned in the order given.
+
+        Returns:
+            A list of maps :math:`(B, C_i, H_i, W_i)` with ``C_i = feature_info[i].channels``.
+
+        Raises:
+            TypeError: ``x`` is not a floating tensor, or ``indices`` is not a sequence of ints.
+            ValueError: ``x`` is not :math:`(B, C_{in}, H, W)`, or an index is out of range.
+
+        Example:
+            >>> model = MobileViT(mode="xxs")
+            >>> [f.shape[1:] for f in model.forward_intermediates(torch.rand(1, 3, 256, 256), indices=(3, 4))]
+            [torch.Size([64, 16, 16]), torch.Size([80, 8, 8])]
+        """
+        check_image(x, self.in_channels)
+        wanted = self._level_indices(indices)
+        maps: dict[int, torch.Tensor] = {}
+        x = self.conv_1(x)
+        for level, stage in enumerate(self.stages[: max(wanted) + 1]):
+            x = stage(x)
+            maps[level] = x
+        return [maps[i] for i in wanted]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the final feature map.
+
+        Args:
+            x: images :math:`(B, C_{in}, H, W)`, floating point, values as the weights expect (``[0, 1]`` for the
+                official weights).
+
+        Returns:
+            :math:`(B, C_{out}, H', W')` with :math:`C_{out}` = :attr:`out_channels` and :math:`H' \\approx
+            H / \\text{output\\_stride}`.
+
+        Raises:
+            TypeError: ``x`` is not a tensor or not floating point.
+            ValueError: ``x`` is not 4-D or has the wrong number of channels.
+        """
+        check_image(x, self.in_channels)
+        x = self.conv_1(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.conv_1x1_exp(x)
+
+
+def _with_dropouts(
+    config: BackboneConfig, dropout: Optional[float], attn_dropout: Optional[float], ffn_dropout: Optional[float]
+) -> BackboneConfig:
+    overrides = {}
+    for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout), ("ffn_dropout", ffn_dropout)):
+        if value is None:
+            continue
+        check_type(name, value, (int, float))
+        if not 0.0 <= value < 1.0:
+            raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
+        overrides[name] = float(value)
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+class MobileViT(MobileViTBackbone):
+    """MobileViT v1 backbone (XXS, XS, S), exact to the official apple/ml-cvnets v0.1 architecture.
+
+    Args:
+        mode: ``"xxs"``, ``"xs"`` or ``"s"`` (also ``"xx_small"``, ``"x_small"``, ``"small"``).
+        in_channels: input image channels.
+        output_stride: 32, 16 or 8 (see :class:`MobileViTBackbone`).
+        expand_output: apply the final ``conv_1x1_exp`` (320 / 384 / 640 channels).
+        dropout: transformer dropout; ``None`` keeps the official value (0.05 XXS, 0.1 XS and S).
+        attn_dropout: attention-weight dropout; ``None`` keeps 0.
+        ffn_dropout: feed-forward dropout; ``None`` keeps 0.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`, any :math:`H, W \\ge 1`.
+        - Output: :math:`(B, C_{out}, \\lceil H / 32 \\rceil, \\lceil W / 32 \\rceil)` at output stride 32.
+
+    Raises:
+        TypeError: an argument has the wrong type (misspelled keywords are a ``TypeError`` too).
+        ValueError: ``mode`` is unknown, or another argument is out of range.
+
+    Example:
+        >>> model = MobileViT(mode="xxs")
+        >>> model(torch.rand(1, 3, 256, 256)).shape
+        torch.Size([1, 320, 8, 8])
+        >>> classifier = nn.Sequential(MobileViT(mode="xxs"), ClassificationHead(320, 1000))
+        >>> sum(p.numel() for p in classifier.parameters())
+        1272024
+    """
+
+    def __init__(
+        self,
+        mode: str = "xxs",
+        *,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        expand_output: bool = True,
+        dropout: Optional[float] = None,
+        attn_dropout: Optional[float] = None,
+        ffn_dropout: Optional[float] = None,
+    ) -> None:
+        config = _with_dropouts(mobilevit_config(mode), dropout, attn_dropout, ffn_dropout)
+        super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)
+
+
+class MobileViTv2(MobileViTBackbone):
+    """MobileViTv2 backbone with separable self-attention (official apple/ml-cvnets v0.2 architecture).
+
+    Any positive width multiplier builds with the official channel rules; 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 and 2.0
+    are the released ones. The family has no ``conv_1x1_exp``: the output has :math:`512 \\alpha` channels.
+
+    Args:
+        width_multiplier: :math:`\\alpha > 0`.
+        in_channels: input image channels.
+        output_stride: 32, 16 or 8 (see :class:`MobileViTBackbone`).
+        expand_output: accepted for a uniform API; v2 has no expansion so it changes nothing.
+        dropout: transformer dropout (official: 0).
+        attn_dropout: context-score dropout (official: 0).
+        ffn_dropout: feed-forward dropout (official: 0).
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`, any :math:`H, W \\ge 1`.
+        - Output: :math:`(B, 512\\alpha, H', W')`. Blocks round their input *up* to even sizes and keep it, so
+          :math:`H'` can exceed :math:`\\lceil H / 32 \\rceil` (224 gives 8, not 7) as in the official model.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``width_multiplier <= 0`` or another argument out of range.
+
+    Example:
+        >>> MobileViTv2(0.5)(torch.rand(1, 3, 256, 256)).shape
+        torch.Size([1, 256, 8, 8])
+    """
+
+    def __init__(
+        self,
+        width_multiplier: float = 1.0,
+        *,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        expand_output: bool = True,
+        dropout: Optional[float] = None,
+        attn_dropout: Optional[float] = None,
+        ffn_dropout: Optional[float] = None,
+    ) -> None:
+        config = _with_dropouts(mobilevit_v2_config(width_multiplier), dropout, attn_dropout, ffn_dropout)
+        super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)
+
+
+class MobileViTv3(MobileViTBackbone):
+    """MobileViTv3 backbone (micronDLA/MobileViTv3): two families behind one class.
+
+    * ``mode="xxs" | "xs" | "s"`` and the low-latency ``"xxs_l2" | "xs_l2" | "s_l2"``: built on the v1 block
+      with a depthwise local conv, a 1x1 fusion of ``[local, global]`` and a residual; ``conv_1x1_exp`` gives
+      ``min(4 C_5, 960)`` channels (512 / 640 / 960).
+    * ``width_multiplier=0.5 | 0.75 | 1.0 | ...``: built on the v2 block, with ``conv_proj`` over
+      ``[global, local]`` and a residual; :math:`512\\alpha` output channels.
+
+    Args:
+        mode: v1-based variant name (also the official ``"xx_small_v3"`` ... ``"small_v3_fast"`` spellings).
+        width_multiplier: v2-based width :math:`\\alpha > 0`.
+        in_channels: input image channels.
+        output_stride: 32, 16 or 8 (see :class:`MobileViTBackbone`).
+        expand_output: apply ``conv_1x1_exp`` (v1-based family only).
+        dropout: transformer dropout; ``None`` keeps the official value.
+        attn_dropout: attention dropout; ``None`` keeps 0.
+        ffn_dropout: feed-forward dropout; ``None`` keeps 0.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`
+        - Output: :math:`(B, C_{out}, H', W')`, resize rules of the family the variant is built on.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: not exactly one of ``mode`` and ``width_multiplier``, or an invalid value.
+
+    Example:
+        >>> MobileViTv3(mode="xxs")(torch.rand(1, 3, 256, 256)).shape
+        torch.Size([1, 512, 8, 8])
+        >>> MobileViTv3(width_multiplier=0.5)(torch.rand(1, 3, 256, 256)).shape
+        torch.Size([1, 256, 8, 8])
+    """
+
+    def __init__(
+        self,
+        mode: Optional[str] = None,
+        *,
+        width_multiplier: Optional[float] = None,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        expand_output: bool = True,
+        dropout: Optional[float] = None,
+        attn_dropout: Optional[float] = None,
+        ffn_dropout: Optional[float] = None,
+    ) -> None:
+        config = _with_dropouts(mobilevit_v3_config(mode, width_multiplier), dropout, attn_dropout, ffn_dropout)
+        super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)

@@ -1,0 +1,252 @@
+"""MobileViT blocks: local convolutions, a transformer over patches, and a fusion.
+
+Patches are unfolded and folded with ``reshape``/``permute`` only (no ``F.unfold``/``F.fold``, no tensor above
+rank 5), which keeps every exporter (ONNX without Col2Im/Im2Col, Core ML's rank-5 limit) happy.
+
+Sizes that do not divide by the patch follow the official rules:
+
+* :class:`MobileViTBlock` (v1, v3-on-v1) resizes the local features bilinearly (``align_corners=False``) up to a
+  multiple of the patch before unfolding, and back to the original size after folding.
+* :class:`MobileViTBlockV2` (v2, v3-on-v2) resizes the block *input* bilinearly (``align_corners=True``) up to a
+  multiple of the patch and keeps that size: its output is :math:`\\lceil H / p \\rceil \\cdot p`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import LinearAttnFFN, TransformerEncoder
+from .layers import ConvLayer
+
+__all__ = ["MobileViTBlock", "MobileViTBlockV2", "fold_patches", "unfold_patches"]
+
+Fusion = Literal["input", "local", "none"]
+
+
+def unfold_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Split a map into non-overlapping patches: :math:`(B, C, H, W) \\to (B, C, P, N)`.
+
+    :math:`P = p^2` indexes the pixel inside a patch and :math:`N = (H / p)(W / p)` the patch, both row-major,
+    exactly as ``F.unfold(x, p, stride=p)`` would order them. ``H`` and ``W`` must be multiples of ``p``.
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> unfold_patches(x, 2)[0, 0]
+        tensor([[ 0.,  2.,  8., 10.],
+                [ 1.,  3.,  9., 11.],
+                [ 4.,  6., 12., 14.],
+                [ 5.,  7., 13., 15.]])
+    """
+    batch, channels, height, width = x.shape
+    x = x.reshape(batch * channels, height // patch_size, patch_size, width // patch_size, patch_size)
+    x = x.permute(0, 2, 4, 1, 3)
+    return x.reshape(batch, channels, patch_size * patch_size, (height // patch_size) * (width // patch_size))
+
+
+def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Inverse of :func:`unfold_patches`: :math:`(B, C, P, N) \\to (B, C, H, W)`.
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 6)
+        >>> torch.equal(fold_patches(unfold_patches(x, 2), 8, 6, 2), x)
+        True
+    """
+    batch, channels = x.shape[:2]
+    x = x.reshape(batch * channels, patch_size, patch_size, height // patch_size, width // patch_size)
+    x = x.permute(0, 3, 1, 4, 2)
+    return x.reshape(batch, channels, height, width)
+
+
+def _always_resize() -> bool:
+    # While tracing or exporting, shapes are symbolic: resize unconditionally (a same-size bilinear resize is an
+    # exact identity) rather than branch on the size, so one graph serves every input size.
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _resize_to_multiple(x: torch.Tensor, multiple: int, align_corners: bool) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    new_height = (height + multiple - 1) // multiple * multiple
+    new_width = (width + multiple - 1) // multiple * multiple
+    if not _always_resize() and new_height == height and new_width == width:
+        return x
+    return F.interpolate(x, size=(new_height, new_width), mode="bilinear", align_corners=align_corners)
+
+
+class MobileViTBlock(nn.Module):
+    """MobileViT block of v1 (``fusion="input"``) and of v3-on-v1 (``fusion="local"``).
+
+    Local representation (``local_rep``): 3x3 conv + BN + SiLU (full in v1, depthwise in v3), then a bias-free
+    1x1 conv to the transformer width :math:`d`. Global representation (``global_rep``): ``num_layers``
+    :class:`TransformerEncoder` over :math:`(B \\cdot P, N, d)` tokens, then ``LayerNorm(d)``. Projection
+    (``conv_proj``): 1x1 conv + BN + SiLU back to :math:`C`. Fusion:
+
+    * ``"input"`` (v1): 3x3 conv + BN + SiLU over ``[x, projected]``; no residual.
+    * ``"local"`` (v3): 1x1 conv + BN + SiLU over ``[local, projected]``, plus a residual of ``x``.
+
+    Args:
+        in_channels: block channels :math:`C`.
+        attn_dim: transformer width :math:`d`.
+        ffn_dim: feed-forward hidden width.
+        num_layers: number of transformer layers.
+        num_heads: attention heads.
+        patch_size: patch side :math:`p`.
+        dropout: transformer dropout.
+        attn_dropout: attention-weight dropout.
+        ffn_dropout: dropout inside the feed-forward network.
+        local_depthwise: whether the local 3x3 convolution is depthwise.
+        fusion: ``"input"`` or ``"local"``, see above.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)`
+        - Output: :math:`(B, C, H, W)`
+
+    Example:
+        >>> block = MobileViTBlock(48, 64, 128, num_layers=2)
+        >>> block(torch.rand(1, 48, 15, 9)).shape
+        torch.Size([1, 48, 15, 9])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        attn_dim: int,
+        ffn_dim: int,
+        *,
+        num_layers: int,
+        num_heads: int = 4,
+        patch_size: int = 2,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+        local_depthwise: bool = False,
+        fusion: Fusion = "input",
+    ) -> None:
+        super().__init__()
+        if fusion not in ("input", "local"):
+            raise ValueError(f"fusion must be 'input' or 'local', got {fusion!r}")
+        self.patch_size = patch_size
+        self.fusion_input = fusion
+        self.local_rep = nn.Sequential(
+            OrderedDict(
+                conv_3x3=ConvLayer(in_channels, in_channels, 3, groups=in_channels if local_depthwise else 1),
+                conv_1x1=ConvLayer(in_channels, attn_dim, 1, norm=False, act_layer=None),
+            )
+        )
+        layers: list[nn.Module] = [
+            TransformerEncoder(
+                attn_dim,
+                ffn_dim,
+                num_heads=num_heads,
+                dropout=dropout,
+                attn_dropout=attn_dropout,
+                ffn_dropout=ffn_dropout,
+            )
+            for _ in range(num_layers)
+        ]
+        layers.append(nn.LayerNorm(attn_dim, eps=1e-5))
+        self.global_rep = nn.Sequential(*layers)
+        self.conv_proj = ConvLayer(attn_dim, in_channels, 1)
+        if fusion == "input":
+            self.fusion = ConvLayer(2 * in_channels, in_channels, 3)
+        else:
+            self.fusion = ConvLayer(attn_dim + in_channels, in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.local_rep(x)
+        height, width = local.shape[-2:]
+        patches = _resize_to_multiple(local, self.patch_size, align_corners=False)
+        grid_h, grid_w = patches.shape[-2:]
+        patches = unfold_patches(patches, self.patch_size)  # (B, d, P, N)
+        batch, dim, pixels, num_patches = patches.shape
+        tokens = patches.permute(0, 2, 3, 1).reshape(batch * pixels, num_patches, dim)
+        tokens = self.global_rep(tokens)
+        patches = tokens.reshape(batch, pixels, num_patches, dim).permute(0, 3, 1, 2)
+        global_map = fold_patches(patches, grid_h, grid_w, self.patch_size)
+        if _always_resize() or grid_h != height or grid_w != width:
+            global_map = F.interpolate(global_map, size=(height, width), mode="bilinear", align_corners=False)
+        projected = self.conv_proj(global_map)
+        if self.fusion_input == "input":
+            return self.fusion(torch.cat((x, projected), dim=1))
+        return x + self.fusion(torch.cat((local, projected), dim=1))
+
+
+class MobileViTBlockV2(nn.Module):
+    """MobileViTv2 block (``fusion="none"``) and the v3-on-v2 block (``fusion="local"``).
+
+    The input is first resized up to a multiple of the patch (bilinear, ``align_corners=True``) and keeps that
+    size. Local representation (``local_rep``): depthwise 3x3 conv + BN + SiLU (dilated for dense prediction),
+    then a bias-free 1x1 conv to :math:`d`. Global representation (``global_rep``): ``num_layers``
+    :class:`LinearAttnFFN` on :math:`(B, d, P, N)`, then ``GroupNorm(1, d)``. Projection (``conv_proj``):
+
+    * ``"none"`` (v2): 1x1 conv + BN, :math:`d \\to C`, no activation, no residual.
+    * ``"local"`` (v3): 1x1 conv + BN over ``[global, local]`` (:math:`2d \\to C`), plus a residual of the
+      (resized) input.
+
+    Args:
+        in_channels: block channels :math:`C`.
+        attn_dim: attention width :math:`d`.
+        ffn_dim: feed-forward hidden width.
+        num_layers: number of attention layers.
+        patch_size: patch side :math:`p`.
+        dilation: dilation of the local depthwise convolution.
+        dropout: dropout after attention and feed-forward.
+        attn_dropout: dropout on the context scores.
+        ffn_dropout: dropout inside the feed-forward network.
+        fusion: ``"none"`` or ``"local"``, see above.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)`
+        - Output: :math:`(B, C, \\lceil H / p \\rceil p, \\lceil W / p \\rceil p)`
+
+    Example:
+        >>> block = MobileViTBlockV2(128, 64, 128, num_layers=2)
+        >>> block(torch.rand(1, 128, 15, 9)).shape
+        torch.Size([1, 128, 16, 10])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        attn_dim: int,
+        ffn_dim: int,
+        *,
+        num_layers: int,
+        patch_size: int = 2,
+        dilation: int = 1,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
+        fusion: Fusion = "none",
+    ) -> None:
+        super().__init__()
+        if fusion not in ("none", "local"):
+            raise ValueError(f"fusion must be 'none' or 'local', got {fusion!r}")
+        self.patch_size = patch_size
+        self.fuse_local = fusion == "local"
+        self.local_rep = nn.Sequential(
+            ConvLayer(in_channels, in_channels, 3, dilation=dilation, groups=in_channels),
+            ConvLayer(in_channels, attn_dim, 1, norm=False, act_layer=None),
+        )
+        layers: list[nn.Module] = [
+            LinearAttnFFN(attn_dim, ffn_dim, dropout=dropout, attn_dropout=attn_dropout, ffn_dropout=ffn_dropout)
+            for _ in range(num_layers)
+        ]
+        layers.append(nn.GroupNorm(1, attn_dim, eps=1e-5))
+        self.global_rep = nn.Sequential(*layers)
+        proj_in = 2 * attn_dim if self.fuse_local else attn_dim
+        self.conv_proj = ConvLayer(proj_in, in_channels, 1, act_layer=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _resize_to_multiple(x, self.patch_size, align_corners=True)
+        height, width = x.shape[-2:]
+        local = self.local_rep(x)
+        patches = self.global_rep(unfold_patches(local, self.patch_size))
+        global_map = fold_patches(patches, height, width, self.patch_size)
+        if self.fuse_local:
+            return x + self.conv_proj(torch.cat((global_map, local), dim=1))
+        return self.conv_proj(global_map)

@@ -1,0 +1,157 @@
+"""Convolutional building blocks shared by every MobileViT family.
+
+Module and attribute names mirror the official apple/ml-cvnets tree (``block.conv``, ``block.norm``,
+``block.act``; ``exp_1x1``, ``conv_3x3``, ``red_1x1``) so that official checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["ConvLayer", "InvertedResidual", "make_divisible"]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without dropping more than 10%.
+
+    This is the channel rounding rule of the official MobileViT code.
+
+    Args:
+        value: the number to round.
+        divisor: the multiple to round to.
+        min_value: the smallest result allowed; ``divisor`` when ``None``.
+
+    Returns:
+        The rounded value.
+
+    Example:
+        >>> make_divisible(32 * 0.75, 8)
+        24
+        >>> make_divisible(64 * 0.75, 16)
+        48
+    """
+    if min_value is None:
+        min_value = divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class ConvLayer(nn.Module):
+    """Convolution, then an optional BatchNorm, then an optional activation.
+
+    Padding is ``(kernel_size - 1) // 2 * dilation`` so spatial size is kept at stride 1. The convolution has a
+    bias only when ``bias=True``.
+
+    Args:
+        in_channels: input channels :math:`C_{in}`.
+        out_channels: output channels :math:`C_{out}`.
+        kernel_size: square kernel size.
+        stride: convolution stride.
+        dilation: convolution dilation.
+        groups: convolution groups (``in_channels`` for a depthwise convolution).
+        bias: whether the convolution has a bias.
+        norm: whether a ``BatchNorm2d`` follows the convolution.
+        act_layer: activation module factory, or ``None`` for no activation.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`
+        - Output: :math:`(B, C_{out}, H', W')`
+
+    Example:
+        >>> layer = ConvLayer(3, 16, kernel_size=3, stride=2)
+        >>> layer(torch.rand(1, 3, 32, 32)).shape
+        torch.Size([1, 16, 16, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm: bool = True,
+        act_layer: Optional[Callable[[], nn.Module]] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["conv"] = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=(kernel_size - 1) // 2 * dilation,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
+        if norm:
+            layers["norm"] = nn.BatchNorm2d(out_channels)
+        if act_layer is not None:
+            layers["act"] = act_layer()
+        self.block = nn.Sequential(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 inverted residual ("MV2"): 1x1 expand, depthwise 3x3, 1x1 reduce.
+
+    The residual is added only when ``stride == 1`` and ``in_channels == out_channels``.
+
+    Args:
+        in_channels: input channels :math:`C_{in}`.
+        out_channels: output channels :math:`C_{out}`.
+        stride: stride of the depthwise convolution.
+        expand_ratio: hidden width is ``make_divisible(round(in_channels * expand_ratio), 8)``.
+        dilation: dilation of the depthwise convolution.
+        act_layer: activation used after the expansion and depthwise convolutions.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)`
+        - Output: :math:`(B, C_{out}, H / s, W / s)` (rounded up) for stride :math:`s`.
+
+    Example:
+        >>> block = InvertedResidual(16, 24, stride=2, expand_ratio=2)
+        >>> block(torch.rand(1, 16, 32, 32)).shape
+        torch.Size([1, 24, 16, 16])
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        stride: int,
+        expand_ratio: float,
+        dilation: int = 1,
+        act_layer: Callable[[], nn.Module] = nn.SiLU,
+    ) -> None:
+        super().__init__()
+        expand = not math.isclose(expand_ratio, 1.0)
+        hidden = make_divisible(int(round(in_channels * expand_ratio)), 8) if expand else in_channels
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        if expand:
+            layers["exp_1x1"] = ConvLayer(in_channels, hidden, 1, act_layer=act_layer)
+        layers["conv_3x3"] = ConvLayer(
+            hidden, hidden, 3, stride=stride, dilation=dilation, groups=hidden, act_layer=act_layer
+        )
+        layers["red_1x1"] = ConvLayer(hidden, out_channels, 1, act_layer=None)
+        self.block = nn.Sequential(layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_residual:
+            return x + self.block(x)
+        return self.block(x)
