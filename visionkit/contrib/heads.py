@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 from kornia.core.exceptions import ValueCheckError
 from torch import nn
@@ -53,3 +54,26 @@ class ClassificationHead(nn.Sequential):
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
+
+    #: Top-level prefixes of official cvnets checkpoint keys that this head owns (see :meth:`cvnets_key`).
+    cvnets_prefixes: tuple[str, ...] = ("classifier.",)
+
+    def cvnets_key(self, key: str) -> Optional[str]:
+        """Map an official cvnets checkpoint key to this head's state-dict key.
+
+        The v1 classifier is ``classifier.fc.*`` and the v2/v3-on-v2 one ``classifier.1.*``; both become ``fc.*``.
+
+        Args:
+            key: a full official key starting with one of :attr:`cvnets_prefixes`.
+
+        Returns:
+            The key relative to this head, or ``None`` when the head does not take it.
+
+        Example:
+            >>> ClassificationHead(256, 1000).cvnets_key("classifier.1.weight")
+            'fc.weight'
+        """
+        for official in ("classifier.fc.", "classifier.1."):
+            if key.startswith(official):
+                return "fc." + key[len(official) :]
+        return None

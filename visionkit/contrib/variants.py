@@ -1,0 +1,111 @@
+"""The released variants of every family, by short name (``mobilevit_xxs``, ``mobilevitv2_050``, ...).
+
+Summary tables, the docs' model zoo, the benchmark and the test suite all iterate over :data:`VARIANTS`, so a
+variant added here is measured, documented and tested everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._checks import check_choice, check_type
+from .backbone import MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
+from .configs import V1_CONFIGS, V3_CONFIGS
+
+__all__ = ["VARIANTS", "Variant", "build_variant", "get_variant"]
+
+_V2_WIDTHS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+_V3_WIDTHS = (0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A released backbone variant.
+
+    Attributes:
+        name: short name, e.g. ``"mobilevit_xxs"`` or ``"mobilevitv2_050"``.
+        family: ``"MobileViT"``, ``"MobileViTv2"`` or ``"MobileViTv3"``.
+        title: display name, e.g. ``"MobileViT-XXS"``.
+        call: the constructor call that builds it, e.g. ``'MobileViT(mode="xxs")'``.
+        builder: a callable building the backbone; keyword arguments are passed on.
+    """
+
+    name: str
+    family: str
+    title: str
+    call: str
+    builder: Callable[..., MobileViTBackbone]
+
+    def build(self, **kwargs: Any) -> MobileViTBackbone:
+        """Build the backbone, passing ``kwargs`` (e.g. ``output_stride``) to the constructor."""
+        return self.builder(**kwargs)
+
+
+def _width_tag(width: float) -> str:
+    return f"{round(width * 100):03d}"
+
+
+def _variants() -> tuple[Variant, ...]:
+    out = [
+        Variant(f"mobilevit_{m}", "MobileViT", cfg.name, f'MobileViT(mode="{m}")', functools.partial(MobileViT, m))
+        for m, cfg in V1_CONFIGS.items()
+    ]
+    out += [
+        Variant(
+            f"mobilevitv2_{_width_tag(w)}",
+            "MobileViTv2",
+            f"MobileViTv2-{w:g}",
+            f"MobileViTv2({w:g})",
+            functools.partial(MobileViTv2, w),
+        )
+        for w in _V2_WIDTHS
+    ]
+    out += [
+        Variant(f"mobilevitv3_{m}", "MobileViTv3", cfg.name, f'MobileViTv3(mode="{m}")', functools.partial(MobileViTv3, m))
+        for m, cfg in V3_CONFIGS.items()
+    ]
+    out += [
+        Variant(
+            f"mobilevitv3_{_width_tag(w)}",
+            "MobileViTv3",
+            f"MobileViTv3-{w:g}",
+            f"MobileViTv3(width_multiplier={w:g})",
+            functools.partial(MobileViTv3, width_multiplier=w),
+        )
+        for w in _V3_WIDTHS
+    ]
+    return tuple(out)
+
+
+#: Every released variant, v1 first, then v2, then v3.
+VARIANTS: tuple[Variant, ...] = _variants()
+_BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def get_variant(name: str) -> Variant:
+    """Look a variant up by short name.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: no variant has that name; the message lists them.
+
+    Example:
+        >>> get_variant("mobilevitv2_050").call
+        'MobileViTv2(0.5)'
+    """
+    check_type("name", name, str)
+    check_choice("variant name", name, list(_BY_NAME))
+    return _BY_NAME[name]
+
+
+def build_variant(name: str, **kwargs: Any) -> MobileViTBackbone:
+    """Build a variant by short name, e.g. ``build_variant("mobilevit_xs", output_stride=16)``.
+
+    Example:
+        >>> build_variant("mobilevit_xxs").out_channels
+        320
+    """
+    return get_variant(name).build(**kwargs)
