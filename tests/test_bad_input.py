@@ -1,0 +1,137 @@
+"""Bad arguments and inputs raise clear TypeError/ValueError; odd but valid inputs work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visionkit.contrib import ClassificationHead, MobileViT, MobileViTv2, MobileViTv3
+from visionkit.contrib.variants import build_variant, get_variant
+
+
+def test_unknown_mode_names_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"'xxs', 'xs', 's'.*got 'xxl'"):
+        MobileViT(mode="xxl")
+
+
+def test_seed_spellings_are_aliases() -> None:
+    assert MobileViT(mode="xx_small").config == MobileViT(mode="xxs").config
+    assert MobileViT(mode="x_small").config == MobileViT(mode="xs").config
+    assert MobileViT(mode="small").config == MobileViT(mode="s").config
+
+
+@pytest.mark.parametrize("width", [0, -0.5, float("inf"), float("nan")])
+def test_width_must_be_positive(width: float) -> None:
+    with pytest.raises(ValueError, match="width_multiplier"):
+        MobileViTv2(width)
+
+
+def test_width_type() -> None:
+    with pytest.raises(TypeError):
+        MobileViTv2("1.0")  # type: ignore[arg-type]
+
+
+def test_any_positive_width_builds() -> None:
+    assert MobileViTv2(0.3).out_channels == 152
+
+
+def test_v3_needs_exactly_one_of_mode_and_width() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        MobileViTv3()
+    with pytest.raises(ValueError, match="exactly one"):
+        MobileViTv3(mode="xxs", width_multiplier=0.5)
+    with pytest.raises(ValueError, match="xxs_l2"):
+        MobileViTv3(mode="xxxs")
+
+
+def test_misspelled_keyword_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        MobileViT(mode="xxs", output_strid=16)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"output_stride": 4}, ValueError),
+    ({"output_stride": "16"}, TypeError),
+    ({"in_channels": 0}, ValueError),
+    ({"in_channels": 3.0}, TypeError),
+    ({"expand_output": 1}, TypeError),
+    ({"dropout": 1.5}, ValueError),
+])
+def test_bad_constructor_arguments(kwargs: dict, error: type) -> None:
+    with pytest.raises(error):
+        MobileViT(mode="xxs", **kwargs)
+
+
+def test_input_must_be_a_tensor() -> None:
+    with pytest.raises(TypeError, match="expected Tensor"):
+        MobileViT(mode="xxs")([[0.0]])  # type: ignore[arg-type]
+
+
+def test_input_must_be_4d_and_the_message_shows_both_shapes() -> None:
+    with pytest.raises(ValueError) as info:
+        MobileViT(mode="xxs")(torch.rand(3, 64, 64))
+    assert "['B', '3', 'H', 'W']" in str(info.value) and "[3, 64, 64]" in str(info.value)
+
+
+def test_wrong_channel_count_names_both_numbers() -> None:
+    with pytest.raises(ValueError, match="expected 3, got 4"):
+        MobileViTv2(0.5)(torch.rand(1, 4, 64, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_input_asks_for_floating(dtype: torch.dtype) -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        MobileViT(mode="xxs")(torch.zeros(1, 3, 64, 64, dtype=dtype))
+
+
+def test_forward_intermediates_validates_input_too() -> None:
+    with pytest.raises(ValueError):
+        MobileViT(mode="xxs").forward_intermediates(torch.rand(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+def test_empty_batch_returns_an_empty_batch(name: str) -> None:
+    from test_backbone_contract import expected_level_sizes
+
+    backbone = build_variant(name).eval()
+    out = backbone(torch.rand(0, 3, 64, 96))
+    assert out.shape == (0, backbone.out_channels, *expected_level_sizes(get_variant(name), 64, 96)[-1])
+    assert [f.shape[0] for f in backbone.forward_intermediates(torch.rand(0, 3, 64, 96))] == [0] * 5
+
+
+def test_classification_head_arguments() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        ClassificationHead(320, 0)
+    with pytest.raises(TypeError):
+        ClassificationHead(320.0, 10)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dropout"):
+        ClassificationHead(320, 10, dropout=1.0)
+
+
+def test_unknown_variant_name_lists_the_names() -> None:
+    with pytest.raises(ValueError, match="mobilevitv2_050"):
+        get_variant("mobilevit_xxl")
+
+
+SMALL = ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs_l2", "mobilevitv3_050"]
+MODELS = {name: build_variant(name).eval() for name in SMALL}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    name=st.sampled_from(SMALL),
+    batch=st.integers(0, 3),
+    height=st.integers(1, 160),
+    width=st.integers(1, 160),
+)
+def test_any_size_and_batch_gives_the_documented_shape(name: str, batch: int, height: int, width: int) -> None:
+    from test_backbone_contract import expected_level_sizes
+
+    backbone = MODELS[name]
+    with torch.no_grad():
+        out = backbone(torch.rand(batch, 3, height, width))
+    expected = expected_level_sizes(get_variant(name), height, width)[-1]
+    assert out.shape == (batch, backbone.out_channels, *expected)
+    assert torch.isfinite(out).all()

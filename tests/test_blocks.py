@@ -1,0 +1,94 @@
+"""Building blocks: patch unfold/fold, float64 gradcheck, official token grouping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visionkit.contrib.blocks import MobileViTBlock, MobileViTBlockV2, fold_patches, unfold_patches
+from visionkit.contrib.layers import InvertedResidual, make_divisible
+
+
+def test_unfold_orders_like_f_unfold() -> None:
+    x = torch.rand(2, 5, 6, 8)
+    reference = F.unfold(x, kernel_size=2, stride=2).reshape(2, 5, 4, -1)
+    assert torch.equal(unfold_patches(x, 2), reference)
+
+
+def test_fold_inverts_unfold() -> None:
+    x = torch.rand(3, 4, 10, 6)
+    assert torch.equal(fold_patches(unfold_patches(x, 2), 10, 6, 2), x)
+
+
+def test_tokens_of_one_sequence_share_the_pixel_offset() -> None:
+    # Sequence p holds, for every patch, the pixel at offset p = (dy, dx) inside the 2x2 patch (row-major).
+    height, width = 4, 6
+    coords = torch.stack(torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")).float()[None]
+    patches = unfold_patches(coords, 2)[0]  # (2, P, N): channel 0 = y, channel 1 = x
+    for p in range(4):
+        dy, dx = divmod(p, 2)
+        assert torch.equal(patches[0, p] % 2, torch.full((6,), float(dy)))
+        assert torch.equal(patches[1, p] % 2, torch.full((6,), float(dx)))
+
+
+def test_unfold_stays_within_rank_five() -> None:
+    ranks = []
+
+    class RankSpy(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                ranks.append(out.dim())
+            return out
+
+    with RankSpy():
+        MobileViTBlock(8, 8, 16, num_layers=1)(torch.rand(1, 8, 5, 7))
+        MobileViTBlockV2(8, 8, 16, num_layers=1)(torch.rand(1, 8, 5, 7))
+    assert max(ranks) <= 5
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        lambda: MobileViTBlock(8, 8, 16, num_layers=1, num_heads=2),
+        lambda: MobileViTBlock(8, 8, 16, num_layers=1, num_heads=2, local_depthwise=True, fusion="local"),
+        lambda: MobileViTBlockV2(8, 4, 16, num_layers=1),
+        lambda: MobileViTBlockV2(8, 4, 16, num_layers=1, fusion="local"),
+        lambda: InvertedResidual(8, 8, stride=1, expand_ratio=2),
+    ],
+    ids=["v1", "v3-v1", "v2", "v3-v2", "mv2"],
+)
+def test_float64_gradcheck(block) -> None:
+    module = block().double().eval()
+    x = torch.rand(1, 8, 5, 3, dtype=torch.float64, requires_grad=True)  # odd sizes: the resize path too
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_v1_block_resizes_local_features_and_back() -> None:
+    block = MobileViTBlock(8, 8, 16, num_layers=1).eval()
+    assert block(torch.rand(2, 8, 7, 5)).shape == (2, 8, 7, 5)
+
+
+def test_v2_block_keeps_the_enlarged_size() -> None:
+    block = MobileViTBlockV2(8, 8, 16, num_layers=1).eval()
+    assert block(torch.rand(2, 8, 7, 5)).shape == (2, 8, 8, 6)
+
+
+def test_same_size_resize_is_an_exact_identity() -> None:
+    # While tracing, blocks resize unconditionally; this must not change a divisible map.
+    x = torch.rand(1, 3, 8, 6)
+    for align in (False, True):
+        assert torch.equal(F.interpolate(x, size=(8, 6), mode="bilinear", align_corners=align), x)
+
+
+@pytest.mark.parametrize("fusion", ["none", "input"])
+def test_block_rejects_unknown_fusion(fusion: str) -> None:
+    with pytest.raises(ValueError, match="fusion"):
+        (MobileViTBlockV2 if fusion == "input" else MobileViTBlock)(8, 8, 16, num_layers=1, fusion=fusion)  # type: ignore[arg-type]
+
+
+def test_make_divisible_follows_the_official_rule() -> None:
+    assert [make_divisible(v, 8) for v in (16, 20, 24.5, 3, 100)] == [16, 24, 24, 8, 104]
+    assert make_divisible(64 * 0.75, 16) == 48
+    assert make_divisible(64 * 0.6, 16) == 48  # 38.4 rounds to 32 < 0.9 * 38.4, so one more step

@@ -1,0 +1,52 @@
+"""The command line: ``visionkit summary`` (also through ``python -m visionkit``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from visionkit.cli import main
+from visionkit.contrib.summary import count_macs
+from visionkit.contrib.variants import VARIANTS, build_variant
+
+
+def test_summary_lists_every_variant_with_its_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--size", "64", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for variant in VARIANTS:
+        assert variant.name in out
+    row = next(line for line in out.splitlines() if line.startswith("mobilevit_xxs "))
+    assert "951,024" in row and "1,272,024" in row and "320x2x2" in row
+    row = next(line for line in out.splitlines() if line.startswith("mobilevitv3_xxs_l2 "))
+    assert "1,145,288" in row
+
+
+def test_summary_family_filter_and_no_latency(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--family", "MobileViTv3", "--size", "64", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "mobilevitv3_050" in out and "mobilevit_xxs " not in out
+
+
+def test_macs_are_counted_by_pytorch_flop_counter() -> None:
+    # The FlopCounterMode count of v1-XXS at 256 (convolutions, linears and attention matmuls; no norms).
+    macs = count_macs(build_variant("mobilevit_xxs"), 256, 256)
+    stem = 16 * 3 * 9 * 128 * 128  # the first conv alone
+    assert stem < macs < 420e6
+    assert count_macs(build_variant("mobilevit_xxs"), 128, 128) < macs / 3
+
+
+def test_python_dash_m_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "visionkit", "summary", "--family", "MobileViT", "--size", "32", "--no-latency"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "mobilevit_s " in result.stdout
+
+
+def test_unknown_command_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
