@@ -198,6 +198,17 @@ def mobilevit_config(mode: str) -> BackboneConfig:
     return _resolve_mode(mode, V1_CONFIGS, V1_ALIASES)
 
 
+def format_width(width: float) -> str:
+    """Width multiplier as written in the papers' tables: ``0.5``, ``0.75``, ``1.0``, ``2.0``.
+
+    Example:
+        >>> format_width(1), format_width(0.75)
+        ('1.0', '0.75')
+    """
+    text = f"{width:g}"
+    return text if "." in text or "e" in text else text + ".0"
+
+
 def _width_config(name: str, width_multiplier: float, block: BlockConfig) -> BackboneConfig:
     check_type("width_multiplier", width_multiplier, (int, float))
     if not math.isfinite(width_multiplier) or width_multiplier <= 0:
@@ -216,7 +227,7 @@ def _width_config(name: str, width_multiplier: float, block: BlockConfig) -> Bac
         return TransformerStageConfig(ch(out_base), dim, int(2 * dim // 16 * 16), layers, 2)
 
     return BackboneConfig(
-        name=f"{name}-{alpha:g}",
+        name=f"{name}-{format_width(alpha)}",
         stem_channels=make_divisible(min(max(32 * alpha, 16), 64), 8, 16),
         layer_1=ConvStageConfig(make_divisible(64 * alpha, 16), 1, 1, 2),
         layer_2=ConvStageConfig(ch(128), 2, 2, 2),

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._checks import check_choice, check_type
 from .backbone import MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
-from .configs import V1_CONFIGS, V3_CONFIGS
+from .configs import V1_CONFIGS, V3_CONFIGS, format_width
 
 __all__ = ["VARIANTS", "Variant", "build_variant", "get_variant"]
 
@@ -44,40 +44,35 @@ class Variant:
         return self.builder(**kwargs)
 
 
-def _width_tag(width: float) -> str:
-    return f"{round(width * 100):03d}"
+def _mode_variants(family: str, cls: Callable[..., MobileViTBackbone], table: dict[str, Any], prefix: str) -> list[Variant]:
+    return [
+        Variant(f"{prefix}_{m}", family, cfg.name, f'{cls.__name__}(mode="{m}")', functools.partial(cls, mode=m))
+        for m, cfg in table.items()
+    ]
+
+
+def _width_variants(
+    family: str, cls: Callable[..., MobileViTBackbone], widths: tuple[float, ...], prefix: str, call: str
+) -> list[Variant]:
+    return [
+        Variant(
+            f"{prefix}_{round(w * 100):03d}",
+            family,
+            f"{family}-{format_width(w)}",
+            f"{cls.__name__}({call.format(format_width(w))})",
+            functools.partial(cls, width_multiplier=w),
+        )
+        for w in widths
+    ]
 
 
 def _variants() -> tuple[Variant, ...]:
-    out = [
-        Variant(f"mobilevit_{m}", "MobileViT", cfg.name, f'MobileViT(mode="{m}")', functools.partial(MobileViT, m))
-        for m, cfg in V1_CONFIGS.items()
-    ]
-    out += [
-        Variant(
-            f"mobilevitv2_{_width_tag(w)}",
-            "MobileViTv2",
-            f"MobileViTv2-{w:g}",
-            f"MobileViTv2({w:g})",
-            functools.partial(MobileViTv2, w),
-        )
-        for w in _V2_WIDTHS
-    ]
-    out += [
-        Variant(f"mobilevitv3_{m}", "MobileViTv3", cfg.name, f'MobileViTv3(mode="{m}")', functools.partial(MobileViTv3, m))
-        for m, cfg in V3_CONFIGS.items()
-    ]
-    out += [
-        Variant(
-            f"mobilevitv3_{_width_tag(w)}",
-            "MobileViTv3",
-            f"MobileViTv3-{w:g}",
-            f"MobileViTv3(width_multiplier={w:g})",
-            functools.partial(MobileViTv3, width_multiplier=w),
-        )
-        for w in _V3_WIDTHS
-    ]
-    return tuple(out)
+    return (
+        *_mode_variants("MobileViT", MobileViT, V1_CONFIGS, "mobilevit"),
+        *_width_variants("MobileViTv2", MobileViTv2, _V2_WIDTHS, "mobilevitv2", "{}"),
+        *_mode_variants("MobileViTv3", MobileViTv3, V3_CONFIGS, "mobilevitv3"),
+        *_width_variants("MobileViTv3", MobileViTv3, _V3_WIDTHS, "mobilevitv3", "width_multiplier={}"),
+    )
 
 
 #: Every released variant, v1 first, then v2, then v3.
