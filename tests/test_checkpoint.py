@@ -414,7 +414,7 @@ def test_wrong_variant_names_keys_shapes_and_the_variant_it_looks_like() -> None
     assert_state_equal(model, before)
     # Same through another layout: an L2 checkpoint in timm layout into the full v3-XXS.
     l2 = convert_state_dict(MobileViTv3(mode="xxs_l2"), "timm")
-    with pytest.raises(ValueError, match="looks like mobilevitv3_xxs_l2 .*\n?.*|missing") as info:
+    with pytest.raises(ValueError, match="looks like mobilevitv3_xxs_l2 ") as info:
         load_checkpoint(MobileViTv3(mode="xxs"), l2)
     assert "stages.3.1.transformer.2.norm1.weight" in str(info.value)
 
