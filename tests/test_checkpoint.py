@@ -528,3 +528,78 @@ def test_flipped_stem_on_rgb_equals_original_on_bgr(name: str) -> None:
 def test_flip_rejects_non_rgb_stem() -> None:
     with pytest.raises(ValueError, match="3-channel"):
         flip_stem_channels(MobileViT(mode="xxs", in_channels=1))
+
+
+# ------------------------------------------------------------------------------------------ segmentation layouts
+
+
+class _KeyedHead(nn.Module):
+    """A head whose state dict is exactly a list of official ``seg_head.*`` keys (tensors of the given shapes).
+
+    It follows the head <-> checkpoint contract generically, as DeepLabV3Head will, without knowing its layers.
+    """
+
+    cvnets_prefixes = ("seg_head.",)
+
+    def __init__(self, shapes: dict[str, list[int]]) -> None:
+        super().__init__()
+        for key, shape in shapes.items():
+            *path, leaf = key.removeprefix("seg_head.").split(".")
+            module: nn.Module = self
+            for part in path:
+                if not hasattr(module, part):
+                    module.add_module(part, nn.Module())
+                module = getattr(module, part)
+            if leaf == "num_batches_tracked":
+                module.register_buffer(leaf, torch.zeros(shape, dtype=torch.long))
+            elif leaf.startswith("running_"):
+                module.register_buffer(leaf, torch.rand(shape) + 0.5)
+            else:
+                module.register_parameter(leaf, nn.Parameter(torch.randn(shape)))
+
+    def cvnets_key(self, key: str) -> str | None:
+        own = key.removeprefix("seg_head.")
+        return own if own in self.state_dict() else None
+
+
+def _seg_head_shapes(name: str) -> dict[str, list[int]]:
+    import json
+
+    return json.loads((DATA / "official_seg_head_keys.json").read_text())["keys"][name]
+
+
+@pytest.mark.parametrize("name", ["v1_xxs", "v2_050"])
+def test_hf_segmentation_layout_both_ways(name: str) -> None:
+    from transformers import (
+        MobileViTConfig,
+        MobileViTForSemanticSegmentation,
+        MobileViTV2Config,
+        MobileViTV2ForSemanticSegmentation,
+    )
+
+    if name == "v1_xxs":
+        hf = MobileViTForSemanticSegmentation(MobileViTConfig(
+            neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], hidden_sizes=[64, 80, 96], expand_ratio=2.0,
+            num_labels=21))
+        build = lambda: MobileViT(mode="xxs", expand_output=False, output_stride=16)  # noqa: E731
+    else:
+        hf = MobileViTV2ForSemanticSegmentation(MobileViTV2Config(width_multiplier=0.5, num_labels=21))
+        build = lambda: MobileViTv2(0.5, output_stride=16)  # noqa: E731
+    randomize_(hf, seed=8)
+    model = nn.Sequential(build(), _KeyedHead(_seg_head_shapes(name)))
+    report = load_checkpoint(model, hf.state_dict())
+    assert report.source == "hf" and report.complete and len(report.loaded) == len(model.state_dict())
+    # Back to HF: transformers accepts our export with strict=True and gets the same tensors.
+    fresh = type(hf)(hf.config)
+    fresh.load_state_dict(convert_state_dict(model, "hf"), strict=True)
+    for key, value in hf.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    # The official layout of the same model carries encoder. and round-trips.
+    official = convert_state_dict(model, "cvnets")
+    assert set(official) >= {"encoder.conv_1.block.conv.weight", *_seg_head_shapes(name)}
+    again = nn.Sequential(build(), _KeyedHead(_seg_head_shapes(name)))
+    assert load_checkpoint(again, official).complete
+    assert_state_equal(again, model.state_dict())
+    # A bare backbone takes the HF segmentation file and says the head was skipped.
+    report = load_checkpoint(build(), hf.state_dict())
+    assert report.skipped and all(k.startswith("segmentation_head.") for k, _ in report.skipped)
