@@ -277,7 +277,8 @@ TIMM_V2 = {
     "layer_3.1.local_rep.0.block.conv.weight": "stages.2.1.conv_kxk.conv.weight",
     "layer_3.1.local_rep.1.block.conv.weight": "stages.2.1.conv_1x1.weight",
     "layer_4.1.global_rep.1.pre_norm_attn.0.bias": "stages.3.1.transformer.1.norm1.bias",
-    "layer_4.1.global_rep.1.pre_norm_attn.1.qkv_proj.block.conv.weight": "stages.3.1.transformer.1.attn.qkv_proj.weight",
+    "layer_4.1.global_rep.1.pre_norm_attn.1.qkv_proj.block.conv.weight":
+        "stages.3.1.transformer.1.attn.qkv_proj.weight",
     "layer_4.1.global_rep.1.pre_norm_attn.1.out_proj.block.conv.bias": "stages.3.1.transformer.1.attn.out_proj.bias",
     "layer_5.1.global_rep.0.pre_norm_ffn.0.weight": "stages.4.1.transformer.0.norm2.weight",
     "layer_5.1.global_rep.0.pre_norm_ffn.1.block.conv.weight": "stages.4.1.transformer.0.mlp.fc1.weight",
@@ -325,7 +326,7 @@ def test_key_tables_are_one_to_one_for_every_variant() -> None:
 @pytest.mark.parametrize("layout", ["cvnets", "timm", "hf", "visionkit"])
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_save_then_load_round_trips_exactly(tmp_path: pathlib.Path, layout: str, suffix: str) -> None:
-    for build in (lambda: classifier(MobileViT(mode="xxs"), 10), lambda: classifier(MobileViTv3(width_multiplier=0.5), 10)):
+    for build in (lambda: classifier(MobileViT(mode="xxs"), 10), lambda: classifier(MobileViTv2(0.5), 10)):
         model = randomize_(build(), seed=7)
         path = tmp_path / f"weights{suffix}"
         save_checkpoint(model, path, layout=layout)

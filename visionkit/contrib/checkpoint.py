@@ -113,7 +113,8 @@ class LoadReport:
         if self.unexpected:
             lines.append(f"left out, unexpected in the checkpoint: {_preview(self.unexpected)}")
         if self.mismatched:
-            lines.append("left out, shape mismatch: " + _preview([f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched]))
+            shapes = [f"{k} {list(a)} vs {list(b)}" for k, a, b in self.mismatched]
+            lines.append(f"left out, shape mismatch (model vs checkpoint): {_preview(shapes)}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

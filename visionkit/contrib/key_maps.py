@@ -76,7 +76,12 @@ class ForeignKey(NamedTuple):
     parts: int = 1
 
 
-_MV2_CONVS = (("exp_1x1", "conv1_1x1", "expand_1x1"), ("conv_3x3", "conv2_kxk", "conv_3x3"), ("red_1x1", "conv3_1x1", "reduce_1x1"))
+#: The three convs of an inverted residual: official, timm and HF names.
+_MV2_CONVS = (
+    ("exp_1x1", "conv1_1x1", "expand_1x1"),
+    ("conv_3x3", "conv2_kxk", "conv_3x3"),
+    ("red_1x1", "conv3_1x1", "reduce_1x1"),
+)
 
 
 def _inverted_residual_rules() -> list[KeyRule]:
@@ -104,7 +109,8 @@ V1_RULES: tuple[KeyRule, ...] = (
     KeyRule("conv_1.", "stem.", "conv_stem.", "conv_norm"),
     *_inverted_residual_rules(),
     KeyRule("layer_{L}.1.local_rep.conv_3x3.", "stages.{S}.1.conv_kxk.", "encoder.layer.{S}.conv_kxk.", "conv_norm"),
-    KeyRule("layer_{L}.1.local_rep.conv_1x1.block.conv.", "stages.{S}.1.conv_1x1.", "encoder.layer.{S}.conv_1x1.convolution."),
+    KeyRule("layer_{L}.1.local_rep.conv_1x1.block.conv.", "stages.{S}.1.conv_1x1.",
+            "encoder.layer.{S}.conv_1x1.convolution."),
     KeyRule(_T + "pre_norm_mha.0.", _TT + "norm1.", _TH + "layernorm_before."),
     KeyRule(_T + "pre_norm_mha.1.qkv_proj.", _TT + "attn.qkv.", _TH + "attention.attention.", "qkv"),
     KeyRule(_T + "pre_norm_mha.1.out_proj.", _TT + "attn.proj.", _TH + "attention.output.dense."),
@@ -125,8 +131,10 @@ V2_RULES: tuple[KeyRule, ...] = (
     KeyRule("layer_{L}.1.local_rep.0.", "stages.{S}.1.conv_kxk.", "encoder.layer.{S}.conv_kxk.", "conv_norm"),
     KeyRule("layer_{L}.1.local_rep.1.block.conv.", "stages.{S}.1.conv_1x1.", "encoder.layer.{S}.conv_1x1.convolution."),
     KeyRule(_T + "pre_norm_attn.0.", _TT + "norm1.", _TH + "layernorm_before."),
-    KeyRule(_T + "pre_norm_attn.1.qkv_proj.block.conv.", _TT + "attn.qkv_proj.", _TH + "attention.qkv_proj.convolution."),
-    KeyRule(_T + "pre_norm_attn.1.out_proj.block.conv.", _TT + "attn.out_proj.", _TH + "attention.out_proj.convolution."),
+    KeyRule(_T + "pre_norm_attn.1.qkv_proj.block.conv.", _TT + "attn.qkv_proj.",
+            _TH + "attention.qkv_proj.convolution."),
+    KeyRule(_T + "pre_norm_attn.1.out_proj.block.conv.", _TT + "attn.out_proj.",
+            _TH + "attention.out_proj.convolution."),
     KeyRule(_T + "pre_norm_ffn.0.", _TT + "norm2.", _TH + "layernorm_after."),
     KeyRule(_T + "pre_norm_ffn.1.block.conv.", _TT + "mlp.fc1.", _TH + "ffn.conv1.convolution."),
     KeyRule(_T + "pre_norm_ffn.3.block.conv.", _TT + "mlp.fc2.", _TH + "ffn.conv2.convolution."),
@@ -208,8 +216,11 @@ def official_to_layout(key: str, layout: str, family: str) -> Optional[tuple[For
     Example:
         >>> official_to_layout("conv_1.block.norm.running_var", "timm", "v1")
         (ForeignKey(key='stem.bn.running_var', part=0, parts=1),)
-        >>> [k.key for k in official_to_layout("layer_3.1.global_rep.1.pre_norm_mha.1.qkv_proj.bias", "hf", "v1")]
-        ['mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.query.bias', 'mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.key.bias', 'mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.value.bias']
+        >>> for part in official_to_layout("layer_3.1.global_rep.1.pre_norm_mha.1.qkv_proj.bias", "hf", "v1"):
+        ...     print(part.key, part.part, part.parts)
+        mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.query.bias 0 3
+        mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.key.bias 1 3
+        mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.value.bias 2 3
     """
     if layout == "cvnets":
         return (ForeignKey(key),)
