@@ -326,7 +326,12 @@ def test_key_tables_are_one_to_one_for_every_variant() -> None:
 @pytest.mark.parametrize("layout", ["cvnets", "timm", "hf", "visionkit"])
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_save_then_load_round_trips_exactly(tmp_path: pathlib.Path, layout: str, suffix: str) -> None:
-    for build in (lambda: classifier(MobileViT(mode="xxs"), 10), lambda: classifier(MobileViTv2(0.5), 10)):
+    builders = (
+        lambda: classifier(MobileViT(mode="xxs"), 10),
+        lambda: classifier(MobileViTv3(mode="xxs_l2"), 10),
+        lambda: classifier(MobileViTv3(width_multiplier=0.5), 10),
+    )
+    for build in builders:
         model = randomize_(build(), seed=7)
         path = tmp_path / f"weights{suffix}"
         save_checkpoint(model, path, layout=layout)
