@@ -703,11 +703,14 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
     return out
 
 
-def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout: str = "cvnets") -> None:
+def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout: str = "cvnets") -> int:
     """Write the model's weights in ``layout`` (see :func:`convert_state_dict`) to ``path``.
 
     ``.safetensors`` files are written with safetensors, anything else with ``torch.save`` (a plain state dict that
     ``torch.load(weights_only=True)`` reads).
+
+    Returns:
+        The number of tensors written.
 
     Raises:
         TypeError: ``model`` holds no MobileViT backbone or ``path`` is not a path.
@@ -722,6 +725,7 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout
         save_file(state, location)
     else:
         torch.save(state, location)
+    return len(state)
 
 
 # --------------------------------------------------------------------------------------------- channel order
