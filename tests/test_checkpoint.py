@@ -165,9 +165,24 @@ def test_detection_style_encoder_prefix_and_training_only_keys() -> None:
 
 def test_expansion_weights_skipped_for_backbone_without_expansion() -> None:
     report = load_checkpoint(MobileViT(mode="xxs", expand_output=False), DATA / "v1_xxs_cls.pt")
-    assert {k for k, r in report.skipped if "expand_output=False" in r} == {
+    assert {k for k, r in report.skipped if "conv_1x1_exp is not part of this backbone" in r} == {
         k for k in official_state("v1_xxs") if k.startswith("conv_1x1_exp.")
     }
+
+
+def test_pruned_stages_are_skipped_and_reported() -> None:
+    # A feature extractor that needs levels 0-3 only may drop layer_5 and the expansion.
+    source = classifier(randomize_(MobileViT(mode="xxs")))
+    timm_state = convert_state_dict(source, "timm")
+    pruned = MobileViT(mode="xxs")
+    pruned.layer_5 = nn.Identity()
+    pruned.conv_1x1_exp = nn.Identity()
+    report = load_checkpoint(pruned, timm_state)
+    assert report.complete
+    skipped = dict(report.skipped)
+    assert "layer_5 is not part of this backbone" in skipped["stages.4.1.transformer.0.attn.qkv.weight"]
+    assert "conv_1x1_exp is not part of this backbone" in skipped["final_conv.conv.weight"]
+    assert torch.equal(pruned.layer_4[1].fusion.block.conv.weight, source[0].layer_4[1].fusion.block.conv.weight)
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face

@@ -458,12 +458,24 @@ def _take_head_key(target: _Target, official: str) -> Optional[str]:
     return None
 
 
+def _complete_backbone_keys(backbone: MobileViTBackbone) -> list[str]:
+    """State-dict keys of the complete backbone (all stages, ``conv_1x1_exp``) with ``backbone``'s configuration."""
+    with torch.device("meta"):
+        complete = MobileViTBackbone(backbone.config, in_channels=backbone.in_channels, expand_output=True)
+    return list(complete.state_dict())
+
+
 def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: list[str]) -> _Plan:
     plan = _Plan()
     family = target.family
     backbone_keys = list(target.backbone.state_dict())
     forward = _layout_keys(backbone_keys, layout, family)
-    inverse = {f.key: (official, f) for official, fs in forward.items() for f in fs}
+    # Keys of the complete backbone of this configuration: those the model lacks (conv_1x1_exp when built with
+    # expand_output=False, or stages a feature extractor pruned) are recognised and skipped, not "unexpected".
+    full_keys = _complete_backbone_keys(target.backbone)
+    present = set(backbone_keys)
+    absent = {k for k in full_keys if k not in present}
+    inverse = {f.key: (official, f) for official, fs in _layout_keys(full_keys, layout, family).items() for f in fs}
     if layout == "hf":
         state = {_strip_hf_prefix(k): v for k, v in state.items()}
     if layout == "cvnets" and any(k.startswith("encoder.") for k in state):
@@ -474,7 +486,11 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
     for key, tensor in state.items():
         if key in inverse:
             official, f = inverse[key]
-            parts.setdefault(official, {})[f.part] = tensor
+            if official in absent:
+                module = official.split(".", 1)[0]
+                plan.skipped.append((key, f"{module} is not part of this backbone (expand_output=False or pruned)"))
+            else:
+                parts.setdefault(official, {})[f.part] = tensor
             continue
         candidates = _head_candidates(key, layout)
         taken = next((own for own in (_take_head_key(target, c) for c in candidates) if own is not None), None)
@@ -484,14 +500,6 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
             plan.skipped.append((key, "training-only auxiliary head"))
         elif any(c.startswith(OFFICIAL_HEAD_PREFIXES) for c in candidates):
             plan.skipped.append((key, "head weights; the model has no head that takes them"))
-        elif layout in ("cvnets", "visionkit") and key.startswith("conv_1x1_exp.") and not hasattr(
-            target.backbone.conv_1x1_exp, "block"
-        ):
-            plan.skipped.append((key, "final expansion; the backbone was built with expand_output=False"))
-        elif layout == "timm" and key.startswith("final_conv.") and not hasattr(target.backbone.conv_1x1_exp, "block"):
-            plan.skipped.append((key, "final expansion; the backbone was built with expand_output=False"))
-        elif layout == "hf" and key.startswith("conv_1x1_exp.") and not hasattr(target.backbone.conv_1x1_exp, "block"):
-            plan.skipped.append((key, "final expansion; the backbone was built with expand_output=False"))
         else:
             plan.unexpected.append(key)
 
