@@ -38,7 +38,7 @@ from torch import nn
 
 from ._checks import check_choice, check_type
 from .backbone import MobileViTBackbone
-from .key_maps import HEAD_RULES, HF_BACKBONE_PREFIX, ForeignKey, _compile, family_of, official_to_layout
+from .key_maps import HF_BACKBONE_PREFIX, ForeignKey, family_of, head_key_to_official, official_to_layout
 
 __all__ = [
     "LoadReport",
@@ -380,30 +380,6 @@ def _layout_keys(official: Iterable[str], layout: str, family: str) -> dict[str,
     return out
 
 
-def _head_candidates(key: str, layout: str) -> list[str]:
-    """Official keys a foreign head key can come from (several for timm/HF classifiers: v1 ``fc`` or v2 ``1``)."""
-    if layout == "cvnets":
-        return [key]
-    found = []
-    for rule in HEAD_RULES:
-        template = rule.timm if layout == "timm" else rule.hf
-        if template is None:
-            continue
-        m = _compile(template).match(key)
-        if m is None:
-            continue
-        rest = key[m.end() :]
-        if rule.leaf == "conv_norm":
-            pairs = (("conv.", "block.conv."), ("bn.", "block.norm.")) if layout == "timm" else (
-                ("convolution.", "block.conv."), ("normalization.", "block.norm."))
-            for other, official in pairs:
-                if rest.startswith(other):
-                    rest = official + rest[len(other) :]
-                    break
-        found.append(rule.official.format(**m.groupdict()) + rest)
-    return found
-
-
 # --------------------------------------------------------------------------------------------- variant guess
 
 
@@ -492,7 +468,7 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
             else:
                 parts.setdefault(official, {})[f.part] = tensor
             continue
-        candidates = _head_candidates(key, layout)
+        candidates = head_key_to_official(key, layout)
         taken = next((own for own in (_take_head_key(target, c) for c in candidates) if own is not None), None)
         if taken is not None:
             plan.tensors[taken] = tensor

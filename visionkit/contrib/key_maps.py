@@ -36,6 +36,7 @@ __all__ = [
     "ForeignKey",
     "KeyRule",
     "family_of",
+    "head_key_to_official",
     "official_to_layout",
 ]
 
@@ -245,3 +246,40 @@ def official_to_layout(key: str, layout: str, family: str) -> Optional[tuple[For
                 return tuple(ForeignKey(f"{head}{name}.{rest}", i, 3) for i, name in enumerate(_HF_QKV_PARTS))
             return (ForeignKey(head + rest),)
     return None
+
+
+def head_key_to_official(key: str, layout: str) -> list[str]:
+    """Official keys a head key of ``layout`` can come from, in table order.
+
+    Head keys are the one place where the inverse is ambiguous: timm's ``head.fc.*`` and HF's ``classifier.*`` are
+    v1's ``classifier.fc.*`` *or* v2's ``classifier.1.*``; a loader offers every candidate to the model's heads.
+
+    Args:
+        key: a key of a timm or HF checkpoint (HF without the ``mobilevit.`` prefix, which head keys never have).
+        layout: ``"cvnets"`` (returned unchanged), ``"timm"`` or ``"hf"``.
+
+    Example:
+        >>> head_key_to_official("head.fc.bias", "timm")
+        ['classifier.fc.bias', 'classifier.1.bias']
+        >>> head_key_to_official("segmentation_head.aspp.convs.4.conv_1x1.normalization.running_var", "hf")
+        ['seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.block.norm.running_var']
+    """
+    if layout == "cvnets":
+        return [key]
+    found = []
+    for rule in HEAD_RULES:
+        template = rule.timm if layout == "timm" else rule.hf
+        if template is None:
+            continue
+        m = _match(template, key)
+        if m is None:
+            continue
+        rest = key[m.end() :]
+        if rule.leaf == "conv_norm":
+            # A conv + norm row only covers keys that continue with its conv or norm leaf.
+            leaf = next(((o, f) for o, f in _LEAVES[layout] if rest.startswith(f)), None)
+            if leaf is None:
+                continue
+            rest = leaf[0] + rest[len(leaf[1]) :]
+        found.append(rule.official.format(**m.groupdict()) + rest)
+    return found
