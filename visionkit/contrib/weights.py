@@ -119,7 +119,12 @@ def _v1_entries() -> list[WeightsEntry]:
         _entry(
             f"mobilevit_{mode}", "cvnets-in1k", f"{_V1_ZOO}/{file}", family_order="BGR",
             hf_hub_id=hub, timm_name=f"mobilevit_{mode}.cvnets_in1k", num_params=params, top1=top1,
-            notes="OpenCV bilinear resize in the official evaluation (cvnets v0.1); trained multi-scale 160-320.",
+            notes=(
+                "OpenCV bilinear resize in the official evaluation (cvnets v0.1); trained multi-scale 160-320. "
+                "The HF hub preprocessor flips RGB to BGR for these weights. timm evaluates its port in RGB; whether "
+                "timm's copy has its stem channels reversed is unverified, so check the stem before relying on the "
+                "channel order of a timm file."
+            ),
         )
         for mode, file, hub, params, top1 in rows
     ]
