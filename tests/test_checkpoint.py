@@ -408,6 +408,16 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path: pathlib.Path) -> N
     assert_state_equal(model, before)
 
 
+def test_safetensors_recognised_by_content(tmp_path: pathlib.Path) -> None:
+    source = randomize_(MobileViT(mode="xxs"), calibrate=False)
+    path = tmp_path / "model.bin"
+    save_checkpoint(source, tmp_path / "model.safetensors", layout="timm")
+    (tmp_path / "model.safetensors").rename(path)
+    model = MobileViT(mode="xxs")
+    assert load_checkpoint(model, path).source == "timm"
+    assert_state_equal(model, source.state_dict())
+
+
 def test_truncated_and_corrupt_files(tmp_path: pathlib.Path) -> None:
     model = MobileViT(mode="xxs")
     before = state_copy(model)

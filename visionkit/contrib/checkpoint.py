@@ -162,7 +162,10 @@ def _download(url: str, sha256: Optional[str], progress: bool) -> str:
 def _read_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
-    if path.endswith(".safetensors"):
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte header length, then a JSON header; recognised by content when the name says nothing.
+    if path.endswith(".safetensors") or (len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
