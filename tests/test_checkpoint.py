@@ -642,3 +642,42 @@ def test_hf_segmentation_layout_both_ways(name: str) -> None:
     # A bare backbone takes the HF segmentation file and says the head was skipped.
     report = load_checkpoint(build(), hf.state_dict())
     assert report.skipped and all(k.startswith("segmentation_head.") for k, _ in report.skipped)
+
+
+# ------------------------------------------------------------------------------------------ official key listings
+
+
+def _listing_builder(file: str, name: str) -> Callable[[], MobileViTBackbone]:
+    if file == "v1.json" or name == "v1s_v02":
+        mode = "s" if name == "v1s_v02" else name
+        return lambda: MobileViT(mode=mode)
+    if file == "v2.json":
+        return lambda: MobileViTv2(float(name.removeprefix("v2_")))
+    if file == "v3-v1-based.json":
+        return lambda: MobileViTv3(mode=name.removeprefix("v3_"))
+    return lambda: MobileViTv3(width_multiplier=float(name.removeprefix("v3v2_")))
+
+
+def _listings() -> list[tuple[str, str]]:
+    import json
+
+    return [
+        (path.name, name)
+        for path in sorted((DATA / "official-keys").glob("*.json"))
+        for name in json.loads(path.read_text())
+    ]
+
+
+@pytest.mark.parametrize(("file", "name"), _listings())
+def test_every_official_key_listing_loads(file: str, name: str) -> None:
+    """Official state dicts of every variant (v3 included) load strictly: keys and shapes as the official code."""
+    import json
+
+    shapes = json.loads((DATA / "official-keys" / file).read_text())[name]
+    build = _listing_builder(file, name)
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = classifier(build())
+        official = {k: torch.empty(s, dtype=torch.long if not s and "num_batches" in k else torch.float32)
+                    for k, s in shapes.items()}
+        report = load_checkpoint(model, official, source="cvnets")
+    assert report.complete and len(report.loaded) == len(shapes)
