@@ -426,6 +426,7 @@ class _Plan:
     unexpected: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    origin: dict[str, str] = field(default_factory=dict)  # model key -> checkpoint key(s), where they differ
 
 
 def _take_head_key(target: _Target, official: str) -> Optional[str]:
@@ -455,19 +456,21 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
     present = set(backbone_keys)
     absent = {k for k in full_keys if k not in present}
     inverse = {f.key: (official, f) for official, fs in _layout_keys(full_keys, layout, family).items() for f in fs}
+    file_key = {k: k for k in state}  # key as matched -> key as written in the checkpoint
     if layout == "hf":
-        state = {_strip_hf_prefix(k): v for k, v in state.items()}
+        file_key = {_strip_hf_prefix(k): k for k in state}
     if layout == "cvnets" and any(k.startswith("encoder.") for k in state):
-        state = {k[len("encoder.") :] if k.startswith("encoder.") else k: v for k, v in state.items()}
+        file_key = {k.removeprefix("encoder."): k for k in state}
         notes.append("stripped the 'encoder.' prefix of detection/segmentation checkpoints from backbone keys")
+    state = {k: state[original] for k, original in file_key.items()}
 
     parts: dict[str, dict[int, torch.Tensor]] = {}
     for key, tensor in state.items():
         if key in inverse:
             official, f = inverse[key]
             if official in absent:
-                module = official.split(".", 1)[0]
-                plan.skipped.append((key, f"{module} is not part of this backbone (expand_output=False or pruned)"))
+                reason = f"{official.split('.', 1)[0]} is not part of this backbone (expand_output=False or pruned)"
+                plan.skipped.append((file_key[key], reason))
             else:
                 parts.setdefault(official, {})[f.part] = tensor
             continue
@@ -475,12 +478,13 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
         taken = next((own for own in (_take_head_key(target, c) for c in candidates) if own is not None), None)
         if taken is not None:
             plan.tensors[taken] = tensor
+            plan.origin[taken] = file_key[key]
         elif any(c.startswith(TRAINING_ONLY_PREFIXES) for c in candidates):
-            plan.skipped.append((key, "training-only auxiliary head"))
+            plan.skipped.append((file_key[key], "training-only auxiliary head"))
         elif any(c.startswith(OFFICIAL_HEAD_PREFIXES) for c in candidates):
-            plan.skipped.append((key, "head weights; the model has no head that takes them"))
+            plan.skipped.append((file_key[key], "head weights; the model has no head that takes them"))
         else:
-            plan.unexpected.append(key)
+            plan.unexpected.append(file_key[key])
 
     for official in backbone_keys:
         model_key = target.backbone_prefix + official
@@ -493,6 +497,7 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
             plan.missing.extend(f.key for f in pieces if f.part not in got)
             continue
         plan.tensors[model_key] = got[0] if len(pieces) == 1 else torch.cat([got[i] for i in range(len(pieces))], 0)
+        plan.origin[model_key] = " + ".join(file_key[f.key] for f in pieces)
     for name, head in target.heads:
         for key in head.state_dict():
             model_key = f"{name}.{key}" if name else key
@@ -530,8 +535,11 @@ def _failure_message(target: _Target, plan: _Plan, source: str, state: StateDict
     lines = [f"the checkpoint ({source} layout) does not fit {target.backbone.config.name}"
              + (f" with heads {[type(h).__name__ for _, h in target.heads]}" if target.heads else "")]
     if plan.mismatched:
-        lines.append(f"{len(plan.mismatched)} shape mismatches (model vs checkpoint): "
-                     + _preview([f"{k}: {list(a)} vs {list(b)}" for k, a, b in plan.mismatched], 6))
+        described = []
+        for key, want, have in plan.mismatched:
+            origin = plan.origin.get(key, key)
+            described.append(f"{key}{'' if origin == key else f' (checkpoint {origin})'}: {list(want)} vs {list(have)}")
+        lines.append(f"{len(plan.mismatched)} shape mismatches (model vs checkpoint): {_preview(described, 6)}")
     if plan.missing:
         lines.append(f"{len(plan.missing)} missing keys: {_preview(plan.missing, 6)}")
     if plan.unexpected:
