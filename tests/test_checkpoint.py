@@ -456,6 +456,14 @@ def test_wrong_variant_names_keys_shapes_and_the_variant_it_looks_like() -> None
     with pytest.raises(ValueError, match="looks like mobilevitv3_xxs_l2 ") as info:
         load_checkpoint(MobileViTv3(mode="xxs"), l2)
     assert "stages.3.1.transformer.2.norm1.weight" in str(info.value)
+    # Mismatches name the checkpoint's own key beside the model's.
+    hf_xs = convert_state_dict(classifier(MobileViT(mode="xs")), "hf")
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(classifier(MobileViT(mode="xxs")), hf_xs)
+    assert ("0.layer_1.0.block.exp_1x1.block.conv.weight (checkpoint "
+            "mobilevit.encoder.layer.0.layer.0.expand_1x1.convolution.weight): [32, 16, 1, 1] vs [64, 16, 1, 1]"
+            in str(info.value))
+    assert "1.fc.weight (checkpoint classifier.weight): [1000, 320] vs [1000, 384]" in str(info.value)
 
 
 def test_missing_unexpected_and_mismatched_keys(tmp_path: pathlib.Path) -> None:
