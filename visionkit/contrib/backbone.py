@@ -291,6 +291,13 @@ def _with_dropouts(
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
+def _load_registered_weights(backbone: MobileViTBackbone, weights: Optional[str]) -> None:
+    if weights is not None:
+        from .weights import load_weights  # the weights registry imports this module
+
+        load_weights(backbone, weights)
+
+
 class MobileViT(MobileViTBackbone):
     """MobileViT v1 backbone (XXS, XS, S), exact to the official apple/ml-cvnets v0.1 architecture.
 
@@ -302,6 +309,8 @@ class MobileViT(MobileViTBackbone):
         dropout: transformer dropout; ``None`` keeps the official value (0.05 XXS, 0.1 XS and S).
         attn_dropout: attention-weight dropout; ``None`` keeps 0.
         ffn_dropout: feed-forward dropout; ``None`` keeps 0.
+        weights: tag of a registered checkpoint (:func:`~visionkit.contrib.list_weights`), e.g. ``"cvnets-in1k"``,
+            loaded as published (downloaded once into the torch hub cache); ``None`` keeps the random init.
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)`, any :math:`H, W \\ge 1`.
@@ -330,9 +339,11 @@ class MobileViT(MobileViTBackbone):
         dropout: Optional[float] = None,
         attn_dropout: Optional[float] = None,
         ffn_dropout: Optional[float] = None,
+        weights: Optional[str] = None,
     ) -> None:
         config = _with_dropouts(mobilevit_config(mode), dropout, attn_dropout, ffn_dropout)
         super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)
+        _load_registered_weights(self, weights)
 
 
 class MobileViTv2(MobileViTBackbone):
@@ -349,6 +360,8 @@ class MobileViTv2(MobileViTBackbone):
         dropout: transformer dropout (official: 0).
         attn_dropout: context-score dropout (official: 0).
         ffn_dropout: feed-forward dropout (official: 0).
+        weights: tag of a registered checkpoint (:func:`~visionkit.contrib.list_weights`), e.g. ``"cvnets-in1k"``,
+            loaded as published (downloaded once into the torch hub cache); ``None`` keeps the random init.
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)`, any :math:`H, W \\ge 1`.
@@ -374,9 +387,11 @@ class MobileViTv2(MobileViTBackbone):
         dropout: Optional[float] = None,
         attn_dropout: Optional[float] = None,
         ffn_dropout: Optional[float] = None,
+        weights: Optional[str] = None,
     ) -> None:
         config = _with_dropouts(mobilevit_v2_config(width_multiplier), dropout, attn_dropout, ffn_dropout)
         super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)
+        _load_registered_weights(self, weights)
 
 
 class MobileViTv3(MobileViTBackbone):
@@ -397,6 +412,8 @@ class MobileViTv3(MobileViTBackbone):
         dropout: transformer dropout; ``None`` keeps the official value.
         attn_dropout: attention dropout; ``None`` keeps 0.
         ffn_dropout: feed-forward dropout; ``None`` keeps 0.
+        weights: tag of a registered checkpoint (:func:`~visionkit.contrib.list_weights`), e.g. ``"cvnets-in1k"``,
+            loaded as published (downloaded once into the torch hub cache); ``None`` keeps the random init.
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)`
@@ -424,6 +441,8 @@ class MobileViTv3(MobileViTBackbone):
         dropout: Optional[float] = None,
         attn_dropout: Optional[float] = None,
         ffn_dropout: Optional[float] = None,
+        weights: Optional[str] = None,
     ) -> None:
         config = _with_dropouts(mobilevit_v3_config(mode, width_multiplier), dropout, attn_dropout, ffn_dropout)
         super().__init__(config, in_channels=in_channels, output_stride=output_stride, expand_output=expand_output)
+        _load_registered_weights(self, weights)

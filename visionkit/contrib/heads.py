@@ -77,3 +77,19 @@ class ClassificationHead(nn.Sequential):
             if key.startswith(official):
                 return "fc." + key[len(official) :]
         return None
+
+    def cvnets_export_key(self, key: str, family: str) -> str:
+        """Official key of this head's state-dict key ``key`` (used when saving in the official layout).
+
+        Backbones with the v1 block (v1, v3-XXS/XS/S) name the classifier ``classifier.fc.*``; those with the v2
+        block (v2, v3-0.5/0.75/1.0) ``classifier.1.*``.
+
+        Args:
+            key: a key of this head's state dict, e.g. ``"fc.weight"``.
+            family: ``"v1"`` or ``"v2"``, the backbone's block family.
+
+        Example:
+            >>> ClassificationHead(256, 1000).cvnets_export_key("fc.bias", "v2")
+            'classifier.1.bias'
+        """
+        return ("classifier.fc." if family == "v1" else "classifier.1.") + key.removeprefix("fc.")

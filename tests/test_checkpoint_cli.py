@@ -1,0 +1,44 @@
+"""``visionkit weights`` and ``visionkit convert``."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+from visionkit.cli import main
+from visionkit.contrib import ClassificationHead, MobileViTv2, list_weights, load_checkpoint
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def test_weights_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + len(list_weights())
+    assert any(line.startswith("mobilevitv3_050.mobilevitv3-in1k ") for line in lines)
+
+
+@pytest.mark.parametrize("layout", ["timm", "hf"])
+def test_convert_command_round_trips(tmp_path: pathlib.Path, layout: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / f"v2_050_{layout}.safetensors"
+    args = ["convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_050", "--to", layout]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "source: cvnets" in printed and f"({layout} layout, 269 tensors)" in printed
+    model = nn.Sequential(MobileViTv2(0.5), ClassificationHead(256, 1000))
+    assert load_checkpoint(model, out).source == layout
+    blob = torch.load(DATA / "v2_050_cls.pt", weights_only=True)
+    for key, value in blob["state_dict"].items():
+        own = key if not key.startswith("classifier.") else "1.fc." + key.rsplit(".", 1)[1]
+        own = own if own.startswith("1.") else "0." + own
+        assert torch.equal(model.state_dict()[own], value.to(model.state_dict()[own].dtype)), key
+
+
+def test_convert_command_refuses_wrong_variant(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "never.pt"
+    with pytest.raises(ValueError, match="looks like mobilevitv2_050"):
+        main(["convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_075"])
+    assert not out.exists()

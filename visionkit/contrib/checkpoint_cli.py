@@ -1,0 +1,77 @@
+"""``visionkit weights`` (list the registry) and ``visionkit convert`` (rewrite a checkpoint in another layout).
+
+``visionkit convert`` is the explicit, checkable converter: it builds the named variant, loads the file with
+:func:`~visionkit.contrib.load_checkpoint` (strict, so every tensor must find its place), prints the report and
+writes the weights in the requested layout with :func:`~visionkit.contrib.save_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from torch import nn
+
+from .checkpoint import SOURCES, load_checkpoint, save_checkpoint
+from .heads import ClassificationHead
+from .variants import VARIANTS, build_variant
+from .weights import WeightsEntry, list_weights
+
+__all__ = ["format_weights_table", "register"]
+
+
+def format_weights_table(entries: list[WeightsEntry]) -> str:
+    """Render registry entries as a fixed-width text table.
+
+    Example:
+        >>> print(format_weights_table(list_weights("mobilevit_xxs")))  # doctest: +ELLIPSIS
+        weights                    res  order  params     top-1  hf hub                     timm
+        mobilevit_xxs.cvnets-in1k  256  BGR    1,272,024  69.00  apple/mobilevit-xx-small   mobilevit_xxs.cvnets_in1k
+    """
+    header = ("weights", "res", "order", "params", "top-1", "hf hub", "timm")
+    rows = [
+        (w.name, str(w.resolution), w.channel_order, f"{w.num_params:,}", f"{w.top1:.2f}", w.hf_hub_id or "-",
+         w.timm_name or "-")
+        for w in entries
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in (header, *rows))
+
+
+def _run_weights(args: argparse.Namespace) -> int:
+    print(format_weights_table(list_weights(args.variant)))
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    backbone = build_variant(args.variant, expand_output=not args.no_expand)
+    model: nn.Module = backbone
+    if args.num_classes > 0:
+        model = nn.Sequential(backbone, ClassificationHead(backbone.out_channels, args.num_classes))
+    report = load_checkpoint(model, args.src, source=args.source)
+    print(report)
+    written = save_checkpoint(model, args.dst, layout=args.to)
+    print(f"wrote {args.dst} ({args.to} layout, {written} tensors)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``weights`` and ``convert`` commands."""
+    names = [v.name for v in VARIANTS]
+    listing = subparsers.add_parser("weights", help="list the registered pretrained checkpoints")
+    listing.add_argument("--variant", choices=names, help="only this variant")
+    listing.set_defaults(run=_run_weights)
+
+    convert = subparsers.add_parser(
+        "convert", help="rewrite a checkpoint in another layout (cvnets, timm, hf, visionkit), strictly checked"
+    )
+    convert.add_argument("src", help="input checkpoint: path or http(s)/file URL")
+    convert.add_argument("dst", help="output path (.safetensors or anything else for torch.save)")
+    convert.add_argument("--variant", required=True, choices=names, help="variant the weights belong to")
+    convert.add_argument("--source", default="auto", choices=SOURCES, help="input layout (default: detect)")
+    convert.add_argument("--to", default="cvnets", choices=("cvnets", "timm", "hf", "visionkit"),
+                         help="output layout (default cvnets)")
+    convert.add_argument("--num-classes", type=int, default=1000,
+                         help="classifier classes; 0 converts the backbone only (default 1000)")
+    convert.add_argument("--no-expand", action="store_true",
+                         help="backbone without conv_1x1_exp, as in detection/segmentation checkpoints")
+    convert.set_defaults(run=_run_convert)
