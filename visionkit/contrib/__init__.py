@@ -7,13 +7,32 @@ releases while the API settles.
 from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
 from .configs import BackboneConfig
 from .heads import ClassificationHead
+from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
+from .boxes import SSDLitePostProcess, batched_nms, decode_ssd_boxes
+from .detection import SSD_PROJ_CHANNELS, SeparableConv, SSDLite, SSDLiteHead
+from .features import FeatureExtractor
+from .segmentation import ASPP, ASPPPooling, DeepLabV3Head, SegmentationModel
 
 __all__ = [
+    "ASPP",
+    "ASPPPooling",
     "BackboneConfig",
     "ClassificationHead",
+    "DeepLabV3Head",
+    "FeatureExtractor",
     "FeatureInfo",
     "MobileViT",
     "MobileViTBackbone",
     "MobileViTv2",
     "MobileViTv3",
+    "SSD_ASPECT_RATIOS",
+    "SSD_PROJ_CHANNELS",
+    "SSDAnchorGenerator",
+    "SSDLite",
+    "SSDLiteHead",
+    "SSDLitePostProcess",
+    "SegmentationModel",
+    "SeparableConv",
+    "batched_nms",
+    "decode_ssd_boxes",
 ]
