@@ -69,8 +69,12 @@ class SeparableConv(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
-        self.dw_conv = ConvLayer(in_channels, in_channels, kernel_size, stride=stride, groups=in_channels, act_layer=None)
-        self.pw_conv = ConvLayer(in_channels, out_channels, 1, bias=bias, norm=norm, act_layer=nn.ReLU if act else None)
+        self.dw_conv = ConvLayer(
+            in_channels, in_channels, kernel_size, stride=stride, groups=in_channels, act_layer=None
+        )
+        self.pw_conv = ConvLayer(
+            in_channels, out_channels, 1, bias=bias, norm=norm, act_layer=nn.ReLU if act else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw_conv(self.dw_conv(x))
