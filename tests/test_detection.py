@@ -362,3 +362,19 @@ def test_wrong_inputs_are_clear_errors() -> None:
         SSDLitePostProcess(conf_threshold=1.5)
     with pytest.raises(ValueError, match="top_k"):
         SSDLitePostProcess(top_k=0)
+
+
+def test_postprocess_looks_past_suppressed_candidates() -> None:
+    # 30 identical class-1 boxes outscore 5 disjoint class-2 boxes: with max_detections=3 the best-scored
+    # candidates (the first 4 * 3 = 12) hold only one survivor, so NMS must look further down the list
+    same = torch.tensor([[0.5, 0.5, 0.2, 0.2]]).expand(30, 4)
+    spread = torch.stack([torch.arange(5) / 5 + 0.1] + [torch.full((5,), 0.1)] * 3, -1)
+    anchors = torch.cat([same, spread])
+    probs = torch.full((35, 3), 0.01)
+    probs[:30, 1] = torch.linspace(0.95, 0.9, 30)
+    probs[30:, 2] = torch.linspace(0.8, 0.6, 5)
+    probs[:, 0] = 1 - probs[:, 1:].sum(-1)
+    post = SSDLitePostProcess(conf_threshold=0.5, max_detections=3)
+    (result,) = post(torch.zeros(1, 35, 4), probs.log()[None], anchors, (1, 1))
+    assert result["labels"].tolist() == [1, 2, 2]
+    torch.testing.assert_close(result["scores"], torch.stack([probs[0, 1], probs[30, 2], probs[31, 2]]))
