@@ -118,8 +118,8 @@ class SSDLitePostProcess(nn.Module):
         >>> anchors = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.2, 0.2, 0.1, 0.1]])
         >>> logits = torch.tensor([[[0.0, 5.0, 0.0], [5.0, 0.0, 0.0]]])  # anchor 0: class 1; anchor 1: background
         >>> out = post(torch.zeros(1, 2, 4), logits, anchors, image_size=(100, 200))
-        >>> out[0]["boxes"], out[0]["labels"]
-        (tensor([[ 80.,  30., 120.,  70.]]), tensor([1]))
+        >>> out[0]["boxes"].round().tolist(), out[0]["labels"].tolist()
+        ([[80.0, 30.0, 120.0, 70.0]], [1])
     """
 
     def __init__(
