@@ -98,8 +98,9 @@ class SSDLitePostProcess(nn.Module):
 
     Per image: decode the boxes, scale them to pixels, softmax over classes, drop the background (class 0), keep
     scores above ``conf_threshold``, keep the ``top_k`` best per class, run per-class NMS, keep the
-    ``max_detections`` best. Defaults are the official v0.2+ values (v0.1 used ``conf_threshold=0.05`` and 200 per
-    class). Boxes are not clipped to the image, as in the official code.
+    ``max_detections`` best. Defaults are the official v0.2+ values. (v0.1 used ``conf_threshold=0.05`` and kept 200
+    boxes per class after NMS with no per-image cap; that variant is not reproduced.) Boxes are not clipped to the
+    image, as in the official code. Tied scores may be ordered differently from the official code.
 
     Args:
         conf_threshold: minimum class probability (strictly greater is kept).
