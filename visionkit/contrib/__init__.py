@@ -4,13 +4,13 @@ Stability: *contrib* — the public names below are tested and documented, but m
 releases while the API settles.
 """
 
-from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
-from .configs import BackboneConfig
-from .heads import ClassificationHead
 from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
+from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
 from .boxes import SSDLitePostProcess, batched_nms, decode_ssd_boxes
+from .configs import BackboneConfig
 from .detection import SSD_PROJ_CHANNELS, SeparableConv, SSDLite, SSDLiteHead
 from .features import FeatureExtractor
+from .heads import ClassificationHead
 from .segmentation import ASPP, ASPPPooling, DeepLabV3Head, SegmentationModel
 
 __all__ = [
