@@ -47,7 +47,8 @@ def _detector(make_backbone, num_classes: int = 81, **post) -> SSDLite:
 def test_official_golden(name: str) -> None:
     blob = load_golden(name)
     detector = _detector(GOLDEN_BACKBONES[name])
-    assert load_official(detector.features.backbone, detector.head, blob["state_dict"]) == []
+    assert detector.backbone is detector.features.backbone
+    assert load_official(detector.backbone, detector.head, blob["state_dict"]) == []
     detector.eval()
     images = blob["inputs"]["x_320"].float()
     outputs = blob["outputs"]

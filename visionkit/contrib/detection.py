@@ -354,6 +354,11 @@ class SSDLite(nn.Module):
         self.anchor_generator = SSDAnchorGenerator(head.aspect_ratios, min_scale=min_scale, max_scale=max_scale)
         self.postprocess = postprocess
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The backbone inside :attr:`features` (official ``encoder.*`` keys load into it)."""
+        return self.features.backbone
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw ``offsets`` :math:`(B, N, 4)`, ``logits`` :math:`(B, N, K)` and ``anchors`` :math:`(N, 4)`.
 
