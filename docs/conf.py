@@ -77,6 +77,7 @@ doctest_global_setup = """
 import torch
 from torch import nn
 torch.manual_seed(0)
+torch.set_num_threads(1)  # tiny examples: one thread avoids spinning against other processes on a busy machine
 """
 
 # --- copy buttons: copy code without prompts or output ---

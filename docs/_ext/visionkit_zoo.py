@@ -29,10 +29,12 @@ from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
+import torch
+
 import visionkit.contrib
 from visionkit.contrib.heads import ClassificationHead
 from visionkit.contrib.summary import count_macs, count_parameters
-from visionkit.contrib.variants import VARIANTS
+from visionkit.contrib.variants import VARIANTS, Variant
 
 #: Input side at which MACs are counted (the official classification resolution).
 MACS_RESOLUTION = 256
@@ -62,13 +64,12 @@ class ZooRow:
     macs: int
     level_channels: tuple[int, ...]
     out_channels: int
-    released: Optional[tuple[ReleasedTop1, ...]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # WEIGHTS REGISTRY HOOK: the only place the docs read the weights registry.
-# While ``visionkit.contrib.list_weights`` does not exist (before the registry is merged) every row has
-# ``released=None`` and the tables have no top-1 column. To make the registry mandatory, replace the ``getattr``
+# While ``visionkit.contrib.list_weights`` does not exist (before the registry is merged) this returns ``None``
+# and the tables and figures have no top-1. To make the registry mandatory, replace the ``getattr``
 # fallback below by a plain ``visionkit.contrib.list_weights`` call.
 # ---------------------------------------------------------------------------------------------------------------
 def released_top1(variant_name: str) -> Optional[tuple[ReleasedTop1, ...]]:
@@ -76,7 +77,9 @@ def released_top1(variant_name: str) -> Optional[tuple[ReleasedTop1, ...]]:
     list_weights = getattr(visionkit.contrib, "list_weights", None)
     if list_weights is None:
         return None
-    return tuple(ReleasedTop1(w.tag, float(w.top1), int(w.resolution), str(w.channel_order)) for w in list_weights(variant_name))
+    return tuple(
+        ReleasedTop1(w.tag, float(w.top1), int(w.resolution), str(w.channel_order)) for w in list_weights(variant_name)
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -87,25 +90,30 @@ def zoo_rows(family: Optional[str] = None) -> tuple[ZooRow, ...]:
     if family is not None:
         by_name = {row.name: row for row in zoo_rows(None)}
         return tuple(by_name[v.name] for v in VARIANTS if v.family == family)
-    rows = []
-    for variant in VARIANTS:
-        backbone = variant.build().eval()
-        params = count_parameters(backbone)
-        rows.append(
-            ZooRow(
-                name=variant.name,
-                family=variant.family,
-                title=variant.title,
-                call=variant.call,
-                params=params,
-                params_with_head=params + count_parameters(ClassificationHead(backbone.out_channels, 1000)),
-                macs=count_macs(backbone, MACS_RESOLUTION, MACS_RESOLUTION),
-                level_channels=tuple(info.channels for info in backbone.feature_info),
-                out_channels=backbone.out_channels,
-                released=released_top1(variant.name),
-            )
-        )
-    return tuple(rows)
+    # One thread: the counts do not depend on it, and on a busy machine (CI, docs builds next to test runs) two
+    # intra-op threads spinning against other processes made this loop ~8x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return tuple(_measure(variant) for variant in VARIANTS)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(variant: Variant) -> ZooRow:
+    backbone = variant.build().eval()
+    params = count_parameters(backbone)
+    return ZooRow(
+        name=variant.name,
+        family=variant.family,
+        title=variant.title,
+        call=variant.call,
+        params=params,
+        params_with_head=params + count_parameters(ClassificationHead(backbone.out_channels, 1000)),
+        macs=count_macs(backbone, MACS_RESOLUTION, MACS_RESOLUTION),
+        level_channels=tuple(info.channels for info in backbone.feature_info),
+        out_channels=backbone.out_channels,
+    )
 
 
 def format_macs(macs: int) -> str:
@@ -120,23 +128,24 @@ def format_released(released: tuple[ReleasedTop1, ...]) -> str:
     return " | ".join(f"{r.top1:g} (``{r.tag}``, {r.resolution} px, {r.channel_order})" for r in released)
 
 
-def table_rst(family: str) -> list[str]:
-    """The ``list-table`` source of ``family``'s zoo table."""
-    rows = zoo_rows(family)
-    with_top1 = any(row.released is not None for row in rows)
+def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[str]:
+    """The ``list-table`` source of ``family``'s zoo table (``rows`` defaults to :func:`zoo_rows`)."""
+    rows = zoo_rows(family) if rows is None else rows
+    released = {row.name: released_top1(row.name) for row in rows}
+    with_top1 = any(entries is not None for entries in released.values())
     header = [
         "Variant",
         "Constructor",
-        "Parameters (backbone)",
-        "Parameters (+ 1000-class head)",
+        "Params",
+        "Params + 1000-class head",
         f"MACs at {MACS_RESOLUTION} (M)",
         "Channels, levels 0–4",
         "Output channels",
     ]
     if with_top1:
-        header.append("Released top-1 (ImageNet-1k val, %)")
+        header.append("Released top-1, ImageNet-1k (%)")
     lines = [
-        f".. list-table:: {family}: every released variant, measured from the code at build time",
+        f".. list-table:: {family} variants, measured at build time",
         "   :header-rows: 1",
         "   :class: visionkit-zoo",
         "",
@@ -144,7 +153,7 @@ def table_rst(family: str) -> list[str]:
     body = [header]
     for row in rows:
         cells = [
-            f"{row.title} (``{row.name}``)",
+            f"{row.title} ``{row.name}``",
             f"``{row.call}``",
             f"{row.params:,}",
             f"{row.params_with_head:,}",
@@ -153,7 +162,7 @@ def table_rst(family: str) -> list[str]:
             str(row.out_channels),
         ]
         if with_top1:
-            cells.append(format_released(row.released or ()))
+            cells.append(format_released(released[row.name] or ()))
         body.append(cells)
     for cells in body:
         lines.append(f"   * - {cells[0]}")
@@ -186,7 +195,8 @@ def draw_figure(path: Path, rows: tuple[ZooRow, ...], highlight: Optional[str] =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with_top1 = any(row.released for row in rows)
+    released = {row.name: released_top1(row.name) for row in rows}
+    with_top1 = any(released.values())
     fig, axes = plt.subplots(1, 2 if with_top1 else 1, figsize=(11 if with_top1 else 7, 4.6), squeeze=False)
     markers = {"MobileViT": "o", "MobileViTv2": "s", "MobileViTv3": "^"}
     order = sorted(FAMILIES, key=lambda family: family == highlight)  # the highlighted family is drawn last
@@ -204,7 +214,7 @@ def draw_figure(path: Path, rows: tuple[ZooRow, ...], highlight: Optional[str] =
                 axes[0][0].annotate(row.name.split("_", 1)[1], (row.macs / 1e9, row.params / 1e6), fontsize=7,
                                     xytext=(4, 3), textcoords="offset points")
         if with_top1:
-            pts = [(row.macs / 1e9, row.released[0].top1) for row in fam if row.released]
+            pts = [(row.macs / 1e9, released[row.name][0].top1) for row in fam if released[row.name]]
             axes[0][1].plot([p[0] for p in pts], [p[1] for p in pts], **style)
     axes[0][0].set_xlabel(f"MACs at {MACS_RESOLUTION}×{MACS_RESOLUTION} (G)")
     axes[0][0].set_ylabel("backbone parameters (M)")
