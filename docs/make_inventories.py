@@ -37,6 +37,7 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("None", "py:data", "library/constants.html#None"),
             ("TypeError", "py:exception", "library/exceptions.html#TypeError"),
             ("ValueError", "py:exception", "library/exceptions.html#ValueError"),
+            ("StopIteration", "py:exception", "library/exceptions.html#StopIteration"),
             ("typing.Any", "py:data", "library/typing.html#typing.Any"),
             ("typing.Optional", "py:data", "library/typing.html#typing.Optional"),
             ("typing.Literal", "py:data", "library/typing.html#typing.Literal"),
@@ -53,6 +54,7 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("torch.Tensor", "py:class", "tensors.html#torch.Tensor"),
             ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#torch.nn.Module"),
             ("torch.nn.Sequential", "py:class", "generated/torch.nn.Sequential.html#torch.nn.Sequential"),
+            ("torch.nn.Conv2d", "py:class", "generated/torch.nn.Conv2d.html#torch.nn.Conv2d"),
             (
                 "torch.nn.Module.load_state_dict",
                 "py:method",
