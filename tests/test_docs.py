@@ -191,6 +191,12 @@ def test_zoo_table_matches_the_models(build: Build, family: str) -> None:
     ]
     expected_names = [v.name for v in visionkit.contrib.variants.VARIANTS if v.family == family]
     assert [row[0].split()[-1] for row in rows] == expected_names
+    registry = getattr(visionkit.contrib, "list_weights", None)  # the weights registry, once merged
+    if registry is None:
+        assert len(header) == 7, header
+    else:
+        assert header[7] == "Top-1 (%), default weights"
+        assert [row[7] for row in rows] == [f"{registry(name)[0].top1:g}" for name in expected_names]
     namespace = {name: getattr(visionkit.contrib, name) for name in visionkit.contrib.__all__}
     x = torch.rand(1, 3, 64, 64)
     with _one_thread():
@@ -239,7 +245,7 @@ def test_released_top1_column_appears_once_the_registry_exists(monkeypatch: pyte
     row = visionkit_zoo.ZooRow("mobilevit_xxs", "MobileViT", "MobileViT-XXS", 'MobileViT(mode="xxs")', 1, 2, 3, (4,), 5)
     monkeypatch.delattr(visionkit.contrib, "list_weights", raising=False)
     assert visionkit_zoo.released_top1("mobilevit_xxs") is None
-    assert not any("top-1" in line for line in visionkit_zoo.table_rst("MobileViT", (row,)))
+    assert not any("Top-1" in line or "checkpoints" in line for line in visionkit_zoo.table_rst("MobileViT", (row,)))
 
     calls = []
 
@@ -250,8 +256,14 @@ def test_released_top1_column_appears_once_the_registry_exists(monkeypatch: pyte
     monkeypatch.setattr(visionkit.contrib, "list_weights", list_weights, raising=False)
     lines = visionkit_zoo.table_rst("MobileViT", (row,))
     assert calls == ["mobilevit_xxs"]
-    assert "     - Released top-1, ImageNet-1k (%)" in lines
-    assert lines[-1] == "     - 69 (``cvnets-in1k``, 256 px, BGR) | 70.5 (``other``, 384 px, RGB)"
+    main_table = lines[: lines.index(".. list-table:: MobileViT: released checkpoints")]
+    assert "     - Top-1 (%), default weights" in main_table
+    assert "     - 69" in main_table  # the first (default) checkpoint
+    checkpoints = lines[lines.index(".. list-table:: MobileViT: released checkpoints") :]
+    assert checkpoints[-10:] == [
+        "   * - ``mobilevit_xxs``", "     - ``cvnets-in1k``", "     - 256", "     - BGR", "     - 69",
+        "   * - ``mobilevit_xxs``", "     - ``other``", "     - 384", "     - RGB", "     - 70.5",
+    ]
 
 
 def test_zoo_rows_reject_unknown_family() -> None:

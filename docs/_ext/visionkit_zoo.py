@@ -121,15 +121,20 @@ def format_macs(macs: int) -> str:
     return f"{macs / 1e6:.1f}"
 
 
-def format_released(released: tuple[ReleasedTop1, ...]) -> str:
-    """One line per checkpoint: ``70.18 (cvnets-in1k, 256 px, RGB)``; an en dash when there is none."""
-    if not released:
-        return "–"
-    return " | ".join(f"{r.top1:g} (``{r.tag}``, {r.resolution} px, {r.channel_order})" for r in released)
+def _list_table(title: str, css_class: str, body: list[list[str]]) -> list[str]:
+    lines = [f".. list-table:: {title}", "   :header-rows: 1", f"   :class: {css_class}", ""]
+    for cells in body:
+        lines.append(f"   * - {cells[0]}")
+        lines.extend(f"     - {cell}" for cell in cells[1:])
+    return lines
 
 
 def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[str]:
-    """The ``list-table`` source of ``family``'s zoo table (``rows`` defaults to :func:`zoo_rows`)."""
+    """The ``list-table`` source of ``family``'s zoo table (``rows`` defaults to :func:`zoo_rows`).
+
+    With the weights registry, a column gives the top-1 of each variant's default (first) checkpoint, and a second
+    table lists every released checkpoint.
+    """
     rows = zoo_rows(family) if rows is None else rows
     released = {row.name: released_top1(row.name) for row in rows}
     with_top1 = any(entries is not None for entries in released.values())
@@ -143,13 +148,7 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
         "Output channels",
     ]
     if with_top1:
-        header.append("Released top-1, ImageNet-1k (%)")
-    lines = [
-        f".. list-table:: {family} variants, measured at build time",
-        "   :header-rows: 1",
-        "   :class: visionkit-zoo",
-        "",
-    ]
+        header.append("Top-1 (%), default weights")
     body = [header]
     for row in rows:
         cells = [
@@ -162,11 +161,18 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
             str(row.out_channels),
         ]
         if with_top1:
-            cells.append(format_released(released[row.name] or ()))
+            entries = released[row.name]
+            cells.append(f"{entries[0].top1:g}" if entries else "–")
         body.append(cells)
-    for cells in body:
-        lines.append(f"   * - {cells[0]}")
-        lines.extend(f"     - {cell}" for cell in cells[1:])
+    lines = _list_table(f"{family} variants, measured at build time", "visionkit-zoo", body)
+    if with_top1:
+        checkpoints = [["Variant", "Weights tag", "Resolution", "Channel order", "Top-1 (%), ImageNet-1k val"]]
+        for row in rows:
+            for entry in released[row.name] or ():
+                checkpoints.append(
+                    [f"``{row.name}``", f"``{entry.tag}``", str(entry.resolution), entry.channel_order, f"{entry.top1:g}"]
+                )
+        lines += ["", *_list_table(f"{family}: released checkpoints", "visionkit-checkpoints", checkpoints)]
     return lines
 
 
