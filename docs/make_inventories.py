@@ -1,4 +1,4 @@
-"""Write the offline intersphinx inventories in ``docs/_inventories/`` (run from anywhere: ``python docs/make_inventories.py``).
+"""Write the offline intersphinx inventories in ``docs/_inventories/``: ``python docs/make_inventories.py``.
 
 The docs build must work without a network, so intersphinx cannot fetch ``objects.inv`` from docs.python.org,
 docs.pytorch.org or kornia.readthedocs.io. Instead this script writes small inventories in Sphinx's own format
@@ -113,9 +113,9 @@ def main() -> None:
         path.write_bytes(inventory_bytes(project, version, items))
         with path.open("rb") as stream:
             loaded = InventoryFile.load(stream, base, lambda base, uri: base + uri)
-        count = sum(len(entries) for entries in loaded.data.values()) if hasattr(loaded, "data") else sum(
-            len(entries) for entries in loaded.values()
-        )
+        # Sphinx >= 8.2 returns an _Inventory object (entries in .data); older versions a plain dict.
+        entries_by_role = loaded.data if hasattr(loaded, "data") else loaded
+        count = sum(len(entries) for entries in entries_by_role.values())
         if count != len(items):
             raise SystemExit(f"{path}: wrote {len(items)} names but Sphinx reads back {count}")
         print(f"wrote {path} ({count} names)")

@@ -95,7 +95,8 @@ def test_no_untested_python_examples_in_pages() -> None:
         for language in re.findall(r"^\s*\.\. (?:code-block|code|sourcecode)::\s*(\S*)", text, re.M):
             assert language == "console", f"{page.relative_to(ROOT)}: an untested '{language}' code block"
         # a paragraph ending in "::" (not a directive) followed by >>> lines is a literal block nothing runs
-        assert not re.search(r"^(?!\s*\.\. )[^\n]*::\n\n\s+>>>", text, re.M), f"{page.relative_to(ROOT)}: untested >>> block"
+        untested = re.search(r"^(?!\s*\.\. )[^\n]*::\n\n\s+>>>", text, re.M)
+        assert not untested, f"{page.relative_to(ROOT)}: untested >>> block"
 
 
 def test_getting_started_shows_the_readme_commands() -> None:

@@ -169,9 +169,8 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
         checkpoints = [["Variant", "Weights tag", "Resolution", "Channel order", "Top-1 (%), ImageNet-1k val"]]
         for row in rows:
             for entry in released[row.name] or ():
-                checkpoints.append(
-                    [f"``{row.name}``", f"``{entry.tag}``", str(entry.resolution), entry.channel_order, f"{entry.top1:g}"]
-                )
+                cells = [f"``{row.name}``", f"``{entry.tag}``", str(entry.resolution), entry.channel_order]
+                checkpoints.append([*cells, f"{entry.top1:g}"])
         lines += ["", *_list_table(f"{family}: released checkpoints", "visionkit-checkpoints", checkpoints)]
     return lines
 
@@ -253,8 +252,11 @@ class ZooFigureDirective(SphinxDirective):
             raise self.error(f"visionkit-zoo-figure: family must be one of {', '.join(FAMILIES)}; got {family!r}")
         file_name = f"zoo_params_macs_{(family or 'all').lower()}.png"
         target = Path(self.env.srcdir) / "_generated" / file_name
-        draw_figure(target, zoo_rows(None), highlight=family)
+        rows = zoo_rows(None)
+        draw_figure(target, rows, highlight=family)
         caption = " ".join(self.content) or "Every variant: parameters against MACs, computed at build time."
+        if any(released_top1(row.name) for row in rows):
+            caption += " Right: ImageNet-1k top-1 of each variant's default released checkpoint."
         source = [f".. figure:: /_generated/{file_name}", "   :alt: parameters against MACs of every variant", ""]
         source.append(f"   {caption}")
         container = nodes.container(classes=["visionkit-zoo-figure"])
