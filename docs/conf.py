@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import sys
 from pathlib import Path
 
@@ -72,6 +73,8 @@ intersphinx_timeout = 1
 # Docstring examples run under ``pytest --doctest-modules`` (with the namespace of the root conftest.py); here only
 # the pages' own blocks run, so each example runs exactly once.
 doctest_test_doctest_blocks = ""
+# As pyproject.toml's doctest_optionflags, and exception messages are compared too (Sphinx ignores them by default).
+doctest_default_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.DONT_ACCEPT_TRUE_FOR_1
 doctest_global_setup = """
 import torch
 from torch import nn
