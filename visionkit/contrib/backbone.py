@@ -90,6 +90,12 @@ class MobileViTBackbone(nn.Module):
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: ``in_channels < 1`` or ``output_stride`` not in (8, 16, 32).
+
+    Example:
+        >>> from visionkit.contrib.configs import mobilevit_config
+        >>> gray = MobileViTBackbone(mobilevit_config("xxs"), in_channels=1, expand_output=False)
+        >>> gray(torch.rand(1, 1, 64, 64)).shape
+        torch.Size([1, 80, 2, 2])
     """
 
     def __init__(

@@ -35,6 +35,17 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
     for convolutions and matrix products, attention included), halved. Norms, activations and pooling are not
     counted.
 
+    Args:
+        model: a module taking one image batch; its first convolution gives the input channels :math:`C`.
+        height: input height :math:`H`.
+        width: input width :math:`W`.
+
+    Returns:
+        Multiply-accumulates of one forward pass in evaluation mode (the module's training flag is restored).
+
+    Raises:
+        StopIteration: ``model`` has no :class:`torch.nn.Conv2d` to take the input channels from.
+
     Example:
         >>> count_macs(nn.Conv2d(3, 8, 1, bias=False), 4, 4)
         384

@@ -83,6 +83,12 @@ _BY_NAME = {v.name: v for v in VARIANTS}
 def get_variant(name: str) -> Variant:
     """Look a variant up by short name.
 
+    Args:
+        name: short variant name, e.g. ``"mobilevit_xxs"`` (see :data:`VARIANTS`).
+
+    Returns:
+        The :class:`Variant` record.
+
     Raises:
         TypeError: ``name`` is not a string.
         ValueError: no variant has that name; the message lists them.
@@ -98,6 +104,17 @@ def get_variant(name: str) -> Variant:
 
 def build_variant(name: str, **kwargs: Any) -> MobileViTBackbone:
     """Build a variant by short name, e.g. ``build_variant("mobilevit_xs", output_stride=16)``.
+
+    Args:
+        name: short variant name (see :data:`VARIANTS`).
+        **kwargs: keyword arguments of the family's constructor, e.g. ``output_stride`` or ``in_channels``.
+
+    Returns:
+        The backbone, with fresh (random) weights.
+
+    Raises:
+        TypeError: ``name`` is not a string, or a keyword argument is unknown or has the wrong type.
+        ValueError: no variant has that name, or a keyword argument has an invalid value.
 
     Example:
         >>> build_variant("mobilevit_xxs").out_channels
