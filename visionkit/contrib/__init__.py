@@ -6,6 +6,8 @@ releases while the API settles.
 
 from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
 from .configs import BackboneConfig
+from .deploy import fold_conv_batchnorm, fuse_batchnorm
+from .export import export_onnx, export_program
 from .heads import ClassificationHead
 
 __all__ = [
@@ -16,4 +18,8 @@ __all__ = [
     "MobileViTBackbone",
     "MobileViTv2",
     "MobileViTv3",
+    "export_onnx",
+    "export_program",
+    "fold_conv_batchnorm",
+    "fuse_batchnorm",
 ]
