@@ -17,7 +17,7 @@ __all__ = ["main"]
 COMMAND_MODULES = (
     "visionkit.contrib.summary",
     "visionkit.contrib.export",
-    "benchmarks.benchmark",
+    "visionkit.contrib.benchmark",
 )
 
 
