@@ -160,7 +160,7 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, path: str, threads: int, vis
         if visionkit:
             from .export import export_onnx
 
-            export_onnx(model, path, opset=18, dynamic=False, input_size=tuple(x.shape[-2:]))
+            export_onnx(model, path, opset=18, input_size=tuple(x.shape[-2:]), batch_size=x.shape[0])
         else:
             try:
                 torch.onnx.export(model, (x,), path, opset_version=18, dynamo=True, input_names=["images"])
@@ -335,6 +335,7 @@ def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str]
         model = build_variant(name).eval().to(device)
         x = torch.rand(1, 3, height, width, device=device)
         with torch.inference_mode():
+            model(x)  # warm-up
             start = time.perf_counter()
             y = model(x)
             _sync(device)

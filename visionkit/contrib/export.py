@@ -102,6 +102,7 @@ def export_onnx(
     opset: int = 18,
     dynamic: bool = False,
     input_size: Sequence[int] = (256, 256),
+    batch_size: int = 1,
 ) -> str:
     """Write ``model`` to an ONNX file that ONNX Runtime runs.
 
@@ -115,6 +116,7 @@ def export_onnx(
         dynamic: symbolic batch, height and width (from :data:`MIN_DYNAMIC_SIZE` up); otherwise the graph is
             fixed to batch 1 and ``input_size``.
         input_size: ``(height, width)`` to trace at (the fixed size when not ``dynamic``).
+        batch_size: the fixed batch size when not ``dynamic``.
 
     Returns:
         The path written, as a string.
@@ -130,7 +132,8 @@ def export_onnx(
     if opset < 17:
         raise ValueError(f"opset must be 17 or later (LayerNormalization, GroupNorm as ops), got {opset}")
     model.eval()
-    program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else 1)
+    check_positive_int("batch_size", batch_size)
+    program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
     path = os.fspath(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
