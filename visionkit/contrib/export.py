@@ -81,9 +81,9 @@ def export_program(
     Example:
         >>> from visionkit.contrib import MobileViTv2
         >>> model = MobileViTv2(0.5).eval()
-        >>> program = export_program(model, input_size=(128, 128))
-        >>> program.module()(torch.rand(3, 3, 96, 160)).shape
-        torch.Size([3, 256, 3, 5])
+        >>> program = export_program(model, dynamic=False, input_size=(64, 96), batch=1)
+        >>> program.module()(torch.rand(1, 3, 64, 96)).shape
+        torch.Size([1, 256, 2, 4])
     """
     check_type("model", model, nn.Module)
     check_type("dynamic", dynamic, bool)
