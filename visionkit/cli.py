@@ -17,6 +17,8 @@ __all__ = ["main"]
 COMMAND_MODULES = (
     "visionkit.contrib.summary",
     "visionkit.contrib.checkpoint_cli",
+    "visionkit.contrib.export",
+    "visionkit.contrib.benchmark",
 )
 
 

@@ -6,6 +6,7 @@ releases while the API settles.
 
 from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
 from .backbone import FeatureInfo, MobileViT, MobileViTBackbone, MobileViTv2, MobileViTv3
+from .boxes import SSDLitePostProcess, batched_nms, decode_ssd_boxes
 from .checkpoint import (
     LoadReport,
     convert_state_dict,
@@ -15,45 +16,50 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from .boxes import SSDLitePostProcess, batched_nms, decode_ssd_boxes
 from .configs import BackboneConfig
+from .deploy import fold_conv_batchnorm, fuse_batchnorm
 from .detection import SSD_PROJ_CHANNELS, SeparableConv, SSDLite, SSDLiteHead
+from .export import export_onnx, export_program
 from .features import FeatureExtractor
 from .heads import ClassificationHead
-from .weights import WeightsEntry, get_weights, list_weights, load_weights
 from .segmentation import ASPP, ASPPPooling, DeepLabV3Head, SegmentationModel
+from .weights import WeightsEntry, get_weights, list_weights, load_weights
 
 __all__ = [
     "ASPP",
     "ASPPPooling",
     "BackboneConfig",
+    "batched_nms",
     "ClassificationHead",
+    "convert_state_dict",
+    "decode_ssd_boxes",
     "DeepLabV3Head",
+    "detect_source",
+    "export_onnx",
+    "export_program",
     "FeatureExtractor",
     "FeatureInfo",
+    "flip_stem_channels",
+    "fold_conv_batchnorm",
+    "fuse_batchnorm",
+    "get_weights",
+    "list_weights",
+    "load_checkpoint",
+    "load_weights",
     "LoadReport",
     "MobileViT",
     "MobileViTBackbone",
     "MobileViTv2",
     "MobileViTv3",
-    "WeightsEntry",
-    "convert_state_dict",
-    "detect_source",
-    "flip_stem_channels",
-    "get_weights",
-    "list_weights",
-    "load_checkpoint",
-    "load_weights",
     "read_checkpoint",
     "save_checkpoint",
+    "SegmentationModel",
+    "SeparableConv",
     "SSD_ASPECT_RATIOS",
     "SSD_PROJ_CHANNELS",
     "SSDAnchorGenerator",
     "SSDLite",
     "SSDLiteHead",
     "SSDLitePostProcess",
-    "SegmentationModel",
-    "SeparableConv",
-    "batched_nms",
-    "decode_ssd_boxes",
+    "WeightsEntry",
 ]

@@ -31,6 +31,7 @@ from .configs import (
     mobilevit_v2_config,
     mobilevit_v3_config,
 )
+from .deploy import fuse_batchnorm
 from .layers import ConvLayer, InvertedResidual
 
 __all__ = ["FeatureInfo", "MobileViT", "MobileViTBackbone", "MobileViTv2", "MobileViTv3"]
@@ -260,6 +261,22 @@ class MobileViTBackbone(nn.Module):
             x = stage(x)
             maps[level] = x
         return [maps[i] for i in wanted]
+
+    def fuse(self) -> "MobileViTBackbone":
+        """Fold every BatchNorm into its convolution for inference, in place (see :func:`fuse_batchnorm`).
+
+        Returns:
+            The backbone itself.
+
+        Raises:
+            ValueError: the model is in training mode (call ``eval()`` first).
+
+        Example:
+            >>> model = MobileViT(mode="xxs").eval().fuse()
+            >>> model(torch.rand(1, 3, 64, 64)).shape
+            torch.Size([1, 320, 2, 2])
+        """
+        return fuse_batchnorm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the final feature map.

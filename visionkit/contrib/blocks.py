@@ -62,17 +62,20 @@ def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> t
     return x.reshape(batch, channels, height, width)
 
 
-def _always_resize() -> bool:
-    # While tracing or exporting, shapes are symbolic: resize unconditionally (a same-size bilinear resize is an
-    # exact identity) rather than branch on the size, so one graph serves every input size.
-    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+def _always_resize(*sizes: int) -> bool:
+    # While tracing, or exporting/compiling with symbolic (dynamic) sizes, resize unconditionally (a same-size
+    # bilinear resize is an exact identity) rather than branch on the size, so one graph serves every input size.
+    # Static exports and compiles see plain ints and keep the cheaper graph without the identity resize.
+    if torch.jit.is_tracing():
+        return True
+    return torch.compiler.is_exporting() and any(isinstance(s, torch.SymInt) for s in sizes)
 
 
 def _resize_to_multiple(x: torch.Tensor, multiple: int, align_corners: bool) -> torch.Tensor:
     height, width = x.shape[-2:]
     new_height = (height + multiple - 1) // multiple * multiple
     new_width = (width + multiple - 1) // multiple * multiple
-    if not _always_resize() and new_height == height and new_width == width:
+    if not _always_resize(height, width) and new_height == height and new_width == width:
         return x
     return F.interpolate(x, size=(new_height, new_width), mode="bilinear", align_corners=align_corners)
 
@@ -167,7 +170,7 @@ class MobileViTBlock(nn.Module):
         tokens = self.global_rep(tokens)
         patches = tokens.reshape(batch, pixels, num_patches, dim).permute(0, 3, 1, 2)
         global_map = fold_patches(patches, grid_h, grid_w, self.patch_size)
-        if _always_resize() or grid_h != height or grid_w != width:
+        if _always_resize(height, width) or grid_h != height or grid_w != width:
             global_map = F.interpolate(global_map, size=(height, width), mode="bilinear", align_corners=False)
         projected = self.conv_proj(global_map)
         if self.fusion_input == "input":

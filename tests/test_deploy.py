@@ -1,0 +1,175 @@
+"""Deployment features: BatchNorm fusion, torch.compile, torch.export, channels_last, bf16, high resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visionkit.contrib import (
+    ClassificationHead,
+    MobileViT,
+    MobileViTv2,
+    MobileViTv3,
+    export_program,
+    fold_conv_batchnorm,
+    fuse_batchnorm,
+)
+from visionkit.contrib.benchmark import peak_memory
+
+# one small variant per family / block path (v1 "input" fusion, v2 no fusion, v3 on v1 and on v2 "local" fusion)
+FAMILIES = {
+    "v1": lambda: MobileViT("xxs"),
+    "v2": lambda: MobileViTv2(0.5),
+    "v3_v1": lambda: MobileViTv3("xxs"),
+    "v3_v2": lambda: MobileViTv3(width_multiplier=0.5),
+}
+
+
+def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, so that folding has work to do."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture(params=list(FAMILIES))
+def model(request: pytest.FixtureRequest) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_batchnorm(FAMILIES[request.param]()).eval()
+
+
+def test_fuse_matches_unfused_and_removes_batchnorm(model: nn.Module) -> None:
+    x = torch.rand(2, 3, 96, 80)
+    with torch.no_grad():
+        expected = model(x)
+        convs_before = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+        assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert model.fuse() is model
+        actual = model(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == convs_before
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_covers_heads_in_a_sequential() -> None:
+    torch.manual_seed(0)
+    backbone = _randomise_batchnorm(MobileViT("xxs"))
+    model = nn.Sequential(backbone, ClassificationHead(backbone.out_channels, 10)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        assert fuse_batchnorm(model) is model
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_fuse_in_training_mode_is_refused_and_changes_nothing() -> None:
+    model = MobileViT("xxs").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="eval"):
+        model.fuse()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # one submodule left in training mode is enough to refuse
+    model.eval()
+    model.layer_3[1].train()
+    with pytest.raises(ValueError, match="layer_3"):
+        model.fuse()
+
+
+def test_fold_conv_batchnorm_validates_its_arguments() -> None:
+    with pytest.raises(TypeError, match="Conv2d"):
+        fold_conv_batchnorm(nn.Linear(3, 3), nn.BatchNorm2d(3))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output channels"):
+        fold_conv_batchnorm(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(5).eval())
+    with pytest.raises(ValueError, match="running statistics"):
+        fold_conv_batchnorm(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(TypeError, match="nn.Module"):
+        fuse_batchnorm("model")  # type: ignore[type-var]
+
+
+def test_fold_conv_batchnorm_keeps_conv_bias_groups_and_dilation() -> None:
+    conv = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=True)
+    norm = _randomise_batchnorm(nn.BatchNorm2d(8)).eval()
+    x = torch.randn(2, 8, 11, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_conv_batchnorm(conv, norm)(x), norm(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_gives_the_same_output(model: nn.Module) -> None:
+    x = torch.rand(2, 3, 96, 72)
+    with torch.no_grad():
+        expected = model(x)
+        actual = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_fullgraph_has_no_graph_break(model: nn.Module) -> None:
+    # fullgraph=True raises on any graph break; the "eager" backend checks the capture without slow codegen
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_inductor_on_a_fused_model() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(MobileViTv2(0.5)).eval().fuse()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["v1", "v2"])
+def test_torch_export_with_dynamic_batch_height_width(family: str) -> None:
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    program = export_program(model, input_size=(128, 96))
+    with torch.no_grad():
+        for shape in [(1, 3, 128, 96), (3, 3, 250, 230), (2, 3, 97, 160)]:
+            x = torch.rand(*shape)
+            torch.testing.assert_close(program.module()(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_export_program_rejects_small_dynamic_sizes() -> None:
+    with pytest.raises(ValueError, match="input_size"):
+        export_program(MobileViT("xxs").eval(), input_size=(32, 128))
+    with pytest.raises(ValueError, match="height, width"):
+        export_program(MobileViT("xxs").eval(), input_size=(128,))
+
+
+def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(model: nn.Module) -> None:
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            actual = model(x)
+    assert actual.dtype == torch.bfloat16
+    assert torch.isfinite(actual).all()
+    cosine = F.cosine_similarity(actual.float().flatten(1), expected.flatten(1))
+    # random weights: bf16 rounding accumulates over every convolution (0.996-0.999 per map is typical)
+    assert cosine.min() >= 0.995, cosine
+
+
+def test_v1_at_1080x1920_does_not_materialise_the_attention_matrix() -> None:
+    model = MobileViT("xxs").eval()
+    x = torch.rand(1, 3, 1080, 1920)
+    with torch.inference_mode():
+        out = model(x)
+        peak = peak_memory(lambda: model(x), torch.device("cpu"))
+    assert out.shape == (1, 320, 34, 60)
+    # layer_3: 68 x 120 patches per pixel position -> N = 8160 tokens; 4 heads x 4 positions x N^2 floats = 4.3 GB
+    naive_attention_bytes = 4 * 4 * 8160**2 * 4
+    assert peak < 1.5 * 2**30 < naive_attention_bytes

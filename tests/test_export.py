@@ -1,0 +1,86 @@
+"""ONNX export: ONNX Runtime matches PyTorch, graph free of Im2Col/Col2Im and of tensors above rank 5, CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from visionkit.cli import main
+from visionkit.contrib import MobileViT, MobileViTv2, MobileViTv3, export_onnx
+
+
+def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+def _check_graph(path: Path) -> None:
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    ops = {node.op_type for node in graph.node}
+    assert not ops & {"Col2Im", "Im2Col"}, ops
+    typed = [v for v in [*graph.value_info, *graph.output] if v.type.HasField("tensor_type")]
+    assert len(typed) > 100  # shape inference reached the whole graph
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in typed}
+    assert max(ranks.values()) <= 5, {k: r for k, r in ranks.items() if r > 5}
+
+
+@pytest.mark.parametrize(
+    ("build", "opset"),
+    [(lambda: MobileViT("xxs"), 18), (lambda: MobileViTv2(0.5), 17)],
+    ids=["v1_xxs_opset18", "v2_050_opset17"],
+)
+def test_dynamic_onnx_matches_pytorch_at_several_sizes(build, opset: int, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build().eval()
+    path = Path(export_onnx(model, tmp_path / "model.onnx", opset=opset, dynamic=True))
+    assert onnx.load(str(path)).opset_import[0].version == opset
+    _check_graph(path)
+    for shape in [(1, 3, 256, 256), (2, 3, 320, 192), (1, 3, 250, 230)]:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        actual = _run_onnx(path, x)
+        assert actual.shape == expected.shape
+        np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_exports_a_static_model_with_given_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = MobileViTv3(width_multiplier=0.5).eval()
+    for module in model.modules():  # non-trivial statistics so that --fuse has something to fold
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 1.5)
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "v3.onnx"
+    argv = ["export", "mobilevitv3_050", "--format", "onnx", "-o", str(out), "--opset", "17"]
+    assert main([*argv, "--size", "250", "230", "--weights", str(weights), "--fuse"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    _check_graph(out)
+    assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(out)).graph.node}
+    x = torch.rand(1, 3, 250, 230)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(_run_onnx(out, x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_export_onnx_rejects_bad_arguments(tmp_path: Path) -> None:
+    model = MobileViT("xxs").eval()
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(model, tmp_path / "m.onnx", opset=16)
+    with pytest.raises(ValueError, match="input_size"):
+        export_onnx(model, tmp_path / "m.onnx", dynamic=True, input_size=(64, 64))
+    with pytest.raises(TypeError):
+        export_onnx("model", tmp_path / "m.onnx")  # type: ignore[arg-type]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_rejects_an_unknown_variant(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mobilevit_xxs"):
+        main(["export", "mobilevit_tiny", "-o", str(tmp_path / "m.onnx")])

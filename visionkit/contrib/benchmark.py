@@ -1,0 +1,426 @@
+"""Latency and memory benchmark: visionkit against Hugging Face transformers, kornia and timm (``visionkit benchmark``).
+
+Everything runs in one process. For each variant and batch size every implementation is built, warmed up
+(``torch.compile`` compiles and ONNX models are exported then), and timed round by round, one call of each
+implementation per round in a rotating order, so that load from other processes hits all of them alike. The
+table reports medians and ratios to transformers measured in the same run. It is a script, not a test: it asserts
+nothing about speed.
+
+Implementations (``--impls``):
+
+* ``vk_eager``: the visionkit backbone as built; ``vk_fused``: after :meth:`MobileViTBackbone.fuse`;
+  ``vk_compiled``: fused, then ``torch.compile(fullgraph=True)``; ``vk_onnx``: :func:`export_onnx` (static) run
+  by ONNX Runtime;
+* ``hf_eager``: ``transformers.MobileViTModel`` / ``MobileViTV2Model`` configured to the same architecture
+  (same parameter count; random weights, latency does not depend on them); ``hf_onnx``: its
+  ``torch.onnx.export`` run by ONNX Runtime;
+* ``kornia``: ``kornia.models.vit_mobile.MobileViT`` (v1 only; a different, smaller architecture, shown for
+  reference); ``timm``: ``timm.create_model(..., features_only=True)`` when timm can be imported.
+
+Run ``python benchmarks/benchmark.py --help`` (or ``visionkit benchmark --help``) for the options;
+``--quick`` measures one variant for a few rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_VARIANTS", "IMPLEMENTATIONS", "main", "peak_memory", "register"]
+
+#: Variants measured by default (short names of :data:`visionkit.contrib.variants.VARIANTS`).
+DEFAULT_VARIANTS = (
+    "mobilevit_xxs",
+    "mobilevit_xs",
+    "mobilevit_s",
+    "mobilevitv2_050",
+    "mobilevitv2_100",
+    "mobilevitv2_200",
+)
+#: Implementation keys, in table order.
+IMPLEMENTATIONS = ("vk_eager", "vk_fused", "vk_compiled", "vk_onnx", "hf_eager", "hf_onnx", "kornia", "timm")
+
+# transformers configuration of each v1 variant: (hidden_sizes, neck_hidden_sizes, expand_ratio).
+_HF_V1 = {
+    "xxs": ([64, 80, 96], [16, 16, 24, 48, 64, 80, 320], 2.0),
+    "xs": ([96, 120, 144], [16, 32, 48, 64, 80, 96, 384], 4.0),
+    "s": ([144, 192, 240], [16, 32, 64, 96, 128, 160, 640], 4.0),
+}
+_TIMM_NAMES = {"mobilevit_xxs": "mobilevit_xxs", "mobilevit_xs": "mobilevit_xs", "mobilevit_s": "mobilevit_s"}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak tensor memory in bytes allocated while ``fn()`` runs, above what was live before.
+
+    On CUDA this is ``torch.cuda.max_memory_allocated``. On CPU it is read from the profiler's memory events
+    (allocations and frees in time order, at operator granularity: a temporary buffer allocated and freed
+    inside one operator is not seen).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    current = peak = 0
+    for event in events:
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+class _Output(nn.Module):
+    """Wrap a transformers model so that it returns the last hidden state tensor only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).last_hidden_state
+
+
+def _build_hf(name: str) -> nn.Module:
+    from transformers import MobileViTConfig, MobileViTModel, MobileViTV2Config, MobileViTV2Model
+
+    from .variants import get_variant
+
+    variant = get_variant(name)
+    if variant.family == "MobileViT":
+        hidden, neck, expand = _HF_V1[name.split("_", 1)[1]]
+        config = MobileViTConfig(hidden_sizes=hidden, neck_hidden_sizes=neck, expand_ratio=expand)
+        return _Output(MobileViTModel(config, expand_output=True))
+    if variant.family == "MobileViTv2":
+        width = int(name.rsplit("_", 1)[1]) / 100
+        return _Output(MobileViTV2Model(MobileViTV2Config(width_multiplier=width), expand_output=True))
+    raise ValueError(f"transformers has no {variant.family}")
+
+
+def _ort_session(path: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def _quiet() -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+def _onnx_runner(model: nn.Module, x: torch.Tensor, path: str, threads: int, visionkit: bool) -> Callable[[], Any]:
+    model = model.eval()
+    with _quiet():
+        if visionkit:
+            from .export import export_onnx
+
+            export_onnx(model, path, opset=18, input_size=tuple(x.shape[-2:]), batch_size=x.shape[0])
+        else:
+            try:
+                torch.onnx.export(model, (x,), path, opset_version=18, dynamo=True, input_names=["images"])
+            except Exception:  # fall back to the TorchScript-based exporter
+                torch.onnx.export(model, (x,), path, opset_version=18, dynamo=False, input_names=["images"])
+    session = _ort_session(path, threads)
+    name = session.get_inputs()[0].name
+    feed = {name: x.cpu().numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _runners(
+    name: str, batch: int, args: argparse.Namespace, device: torch.device, tmp: str
+) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """Build every requested implementation; returns the callables and, per failed implementation, why."""
+    from .variants import build_variant, get_variant
+
+    family = get_variant(name).family
+    x = torch.rand(batch, 3, args.size, args.size, device=device)
+    runners: dict[str, Callable[[], Any]] = {}
+    skipped: dict[str, str] = {}
+
+    def add(key: str, build: Callable[[], Callable[[], Any]]) -> None:
+        if key not in args.impls:
+            return
+        try:
+            runner = build()
+            with torch.inference_mode():
+                runner()  # warm-up (compiles / creates kernels)
+                runner()
+            runners[key] = runner
+        except Exception as error:  # a missing or failing peer is reported, not fatal
+            skipped[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"
+
+    torch.manual_seed(0)
+    eager = build_variant(name).eval().to(device)
+    fused = copy.deepcopy(eager).fuse()
+    add("vk_eager", lambda: lambda: eager(x))
+    add("vk_fused", lambda: lambda: fused(x))
+
+    def compiled() -> Callable[[], Any]:
+        model = torch.compile(copy.deepcopy(fused), fullgraph=True, dynamic=False)
+        return lambda: model(x)
+
+    add("vk_compiled", compiled)
+    if device.type == "cpu":
+        add("vk_onnx", lambda: _onnx_runner(fused, x, os.path.join(tmp, "vk.onnx"), args.threads, True))
+    if family in ("MobileViT", "MobileViTv2"):
+        hf = _build_hf(name).eval().to(device)
+        add("hf_eager", lambda: lambda: hf(x))
+        if device.type == "cpu":
+            add("hf_onnx", lambda: _onnx_runner(hf, x, os.path.join(tmp, "hf.onnx"), args.threads, False))
+    else:
+        skipped["hf_eager"] = skipped["hf_onnx"] = "transformers has no MobileViTv3"
+    if family == "MobileViT":
+
+        def kornia_runner() -> Callable[[], Any]:
+            from kornia.models.vit_mobile import MobileViT as KorniaMobileViT
+
+            model = KorniaMobileViT(mode=name.split("_", 1)[1]).eval().to(device)
+            return lambda: model(x)
+
+        add("kornia", kornia_runner)
+    elif "kornia" in args.impls:
+        skipped["kornia"] = "kornia has MobileViT v1 only"
+
+    def timm_runner() -> Callable[[], Any]:
+        import timm  # type: ignore[import-not-found]
+
+        model = timm.create_model(_TIMM_NAMES.get(name, name), pretrained=False, features_only=True).eval().to(device)
+        return lambda: model(x)
+
+    add("timm", timm_runner)
+    return runners, skipped
+
+
+def _time_rounds(runners: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call; one call of each implementation per round, order rotated every round."""
+    keys = list(runners)
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    with torch.inference_mode():
+        for r in range(rounds):
+            order = keys[r % len(keys) :] + keys[: r % len(keys)]
+            for key in order:
+                _sync(device)
+                start = time.perf_counter()
+                runners[key]()
+                _sync(device)
+                samples[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def _fmt_ms(seconds: Optional[float]) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def _fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
+    cols = [k for k in IMPLEMENTATIONS if k in args.impls]
+    out(f"\n## Inference latency, {args.size}x{args.size}, median ms over {args.rounds} interleaved rounds")
+    out("ratios: eager/hf_eager, fused/hf_eager, compiled/hf_eager, vk_onnx/hf_onnx")
+    header = f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols)
+    header += f" {'eager/hf':>9s} {'fused/hf':>9s} {'comp/hf':>9s} {'onnx/hf':>9s}"
+    out(header)
+    notes: dict[str, str] = {}
+    for name in args.variants:
+        for batch in args.batches:
+            with tempfile.TemporaryDirectory() as tmp:
+                runners, skipped = _runners(name, batch, args, device, tmp)
+                medians = _time_rounds(runners, args.rounds, device)
+            for key, why in skipped.items():
+                notes.setdefault(f"{key}: {why}", name)
+            m = {k: medians.get(k) for k in cols}
+            hf, hf_onnx = medians.get("hf_eager"), medians.get("hf_onnx")
+            line = f"{name:16s} {batch:2d} " + " ".join(f"{_fmt_ms(m[c]):>11s}" for c in cols)
+            line += f" {_fmt_ratio(m.get('vk_eager'), hf):>9s} {_fmt_ratio(m.get('vk_fused'), hf):>9s}"
+            line += f" {_fmt_ratio(m.get('vk_compiled'), hf):>9s} {_fmt_ratio(m.get('vk_onnx'), hf_onnx):>9s}"
+            out(line)
+            del runners
+    for note, first in notes.items():
+        out(f"  not measured: {note} (first seen at {first})")
+
+
+def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
+    from .variants import build_variant
+
+    batch = args.train_batch
+    out(f"\n## Training step (forward + backward), batch {batch}, {args.size}x{args.size}, "
+        f"median over {args.train_rounds} interleaved rounds")
+    out(f"{'variant':16s} {'vk ms':>9s} {'hf ms':>9s} {'ratio':>7s} {'vk peak MiB':>12s} {'hf peak MiB':>12s} {'ratio':>7s}")
+    for name in args.train_variants:
+        torch.manual_seed(0)
+        models = {"vk": build_variant(name).train().to(device), "hf": _build_hf(name).train().to(device)}
+        x = torch.rand(batch, 3, args.size, args.size, device=device)
+
+        def step(model: nn.Module) -> Callable[[], None]:
+            def run() -> None:
+                model.zero_grad(set_to_none=True)
+                model(x).float().mean().backward()
+
+            return run
+
+        steps = {k: step(m) for k, m in models.items()}
+        for run in steps.values():
+            run()
+        samples: dict[str, list[float]] = {k: [] for k in steps}
+        for r in range(args.train_rounds):
+            for key in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+                _sync(device)
+                start = time.perf_counter()
+                steps[key]()
+                _sync(device)
+                samples[key].append(time.perf_counter() - start)
+        for model in models.values():
+            model.zero_grad(set_to_none=True)
+        peaks = {k: peak_memory(run, device) / 2**20 for k, run in steps.items()}
+        t = {k: statistics.median(v) for k, v in samples.items()}
+        out(f"{name:16s} {t['vk'] * 1e3:9.1f} {t['hf'] * 1e3:9.1f} {t['vk'] / t['hf']:6.2f}x "
+            f"{peaks['vk']:12.1f} {peaks['hf']:12.1f} {peaks['vk'] / peaks['hf']:6.2f}x")
+        del models, steps
+
+
+def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
+    from .variants import build_variant, get_variant
+
+    height, width = args.highres
+    out(f"\n## High resolution, batch 1, {height}x{width} (fused attention via scaled_dot_product_attention)")
+    for name in args.highres_variants:
+        model = build_variant(name).eval().to(device)
+        x = torch.rand(1, 3, height, width, device=device)
+        with torch.inference_mode():
+            model(x)  # warm-up
+            start = time.perf_counter()
+            y = model(x)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            peak = peak_memory(lambda: model(x), device)
+        naive = ""
+        if get_variant(name).family == "MobileViT":
+            # the largest attention matrix a naive implementation would hold: layer_3 at stride 8
+            h8, w8 = -(-height // 8), -(-width // 8)
+            tokens = (-(-h8 // 2)) * (-(-w8 // 2))
+            heads = model.config.block.num_heads
+            naive = f"; a naive N x N attention matrix alone would take {heads * 4 * tokens**2 * 4 / 2**30:.1f} GiB"
+        out(f"{name:16s} output {tuple(y.shape)}  {seconds * 1e3:.0f} ms  peak {peak / 2**20:.0f} MiB{naive}")
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    """Add the benchmark options to ``parser`` (a new one when ``None``)."""
+    parser = parser or argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="variant short names")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
+    parser.add_argument("--size", type=int, default=256, help="square input size (default: 256)")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per implementation (default: 15)")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime rows are CPU only)")
+    parser.add_argument("--train-variants", nargs="*", default=["mobilevit_xxs", "mobilevitv2_050"])
+    parser.add_argument("--train-batch", type=int, default=16)
+    parser.add_argument("--train-rounds", type=int, default=5)
+    parser.add_argument("--highres", type=int, nargs=2, default=(1080, 1920), metavar=("H", "W"))
+    parser.add_argument("--highres-variants", nargs="*", default=["mobilevit_xxs"])
+    parser.add_argument("--quick", action="store_true", help="mobilevit_xxs only, 3 rounds, no compile")
+    parser.add_argument("-o", "--output", default=None, help="also write the report to this file")
+    return parser
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``benchmark`` command to the ``visionkit`` command line."""
+    parser = subparsers.add_parser("benchmark", help="latency/memory benchmark against transformers and kornia")
+    build_parser(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark described by parsed ``args``; prints the report (and writes ``args.output``)."""
+    from .variants import get_variant
+
+    if args.quick:
+        args.variants, args.rounds = ["mobilevit_xxs"], 3
+        args.impls = [i for i in args.impls if i != "vk_compiled"]
+        args.train_variants, args.train_rounds = ["mobilevit_xxs"], 2
+    for name in [*args.variants, *args.train_variants, *args.highres_variants]:
+        get_variant(name)  # a clear error for a misspelt name, before anything runs
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    versions = [f"torch {torch.__version__}"]
+    for module in ("onnxruntime", "transformers", "kornia", "timm"):
+        try:
+            versions.append(f"{module} {__import__(module).__version__}")
+        except ImportError:
+            versions.append(f"{module} not importable")
+    started = time.time()
+    out("# visionkit benchmark")
+    out(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
+        f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    out("versions: " + ", ".join(versions))
+    out("command: " + " ".join(sys.argv))
+    if args.variants and args.batches:
+        _latency_table(args, device, out)
+    if args.train_variants:
+        _train_table(args, device, out)
+    if args.highres_variants:
+        _highres(args, device, out)
+    out(f"\ntotal wall time {time.time() - started:.0f} s")
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``benchmarks/benchmark.py``."""
+    return run(build_parser().parse_args(argv))
