@@ -16,6 +16,7 @@ __all__ = ["main"]
 #: Modules that provide a command, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "visionkit.contrib.summary",
+    "visionkit.demo",
 )
 
 
