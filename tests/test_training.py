@@ -66,9 +66,9 @@ def test_every_parameter_reaches_the_loss_and_sync_batchnorm_converts(variant):
     converted = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
     assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) > 10
-    assert list(converted.state_dict()) == list(variant.build(expand_output=False).state_dict())
+    reference = variant.build(expand_output=False).eval()
+    assert list(converted.state_dict()) == list(reference.state_dict())
     with torch.no_grad():
-        reference = variant.build(expand_output=False).eval()
         reference.load_state_dict(converted.state_dict())
         torch.testing.assert_close(converted(x), reference(x))
 
