@@ -36,7 +36,6 @@ from .contrib._checks import check_positive_int, check_type
 from .contrib.heads import ClassificationHead
 from .contrib.variants import VARIANTS, build_variant
 from .training import (
-    DistributedContext,
     evaluate,
     init_distributed,
     make_loader,
@@ -205,7 +204,7 @@ def _plot_predictions(images: torch.Tensor, labels: torch.Tensor, predicted: tor
     count = min(16, len(labels))
     columns = min(8, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.8 * rows), squeeze=False)
     for index, axis in enumerate(axes.flat):
         axis.axis("off")
         if index >= count:
