@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "visionkit.contrib.checkpoint_cli",
     "visionkit.contrib.export",
     "visionkit.contrib.benchmark",
+    "visionkit.demo",
 )
 
 

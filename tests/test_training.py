@@ -1,0 +1,211 @@
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.ddp_worker import GLOBAL_BATCH, LR, STEPS, make_problem
+from visionkit.cli import main as cli_main
+from visionkit.contrib import MobileViT, MobileViTv2, MobileViTv3
+from visionkit.contrib.variants import VARIANTS
+from visionkit.demo import load_checkpoint, load_digits_split, run_demo
+from visionkit.training import DistributedContext, init_distributed, make_loader, wrap_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["type"] for r in ranks] == ["DistributedDataParallel"] * 2
+    assert [r["samples"] for r in ranks] == [GLOBAL_BATCH * STEPS] * 2  # summed over both ranks
+
+    # Reference: one process, the same global batches. DDP without SyncBatchNorm normalises each rank's half on
+    # its own and averages the two gradients, so the reference forwards the same two halves (rank r of a
+    # DistributedSampler without shuffling takes indices r, r + 2, ...) and averages their losses.
+    model, data = make_problem()
+    images, labels = data.tensors
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    model.train()
+    for step in range(STEPS):
+        batch = torch.arange(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)
+        shards = [batch[rank::2] for rank in (0, 1)]
+        loss = sum(nn.functional.cross_entropy(model(images[s]), labels[s]) for s in shards) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    initial, _ = make_problem()
+    moved = 0
+    for name, param in model.named_parameters():
+        rank0, rank1 = ranks[0]["params"][name], ranks[1]["params"][name]
+        assert torch.equal(rank0, rank1), f"{name} differs between ranks"
+        torch.testing.assert_close(rank0, param.detach(), rtol=1e-4, atol=1e-5, msg=f"{name} differs from 1 process")
+        moved += not torch.equal(rank0, dict(initial.named_parameters())[name])
+    assert moved > 0.9 * len(ranks[0]["params"])  # training really changed the weights
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_every_parameter_reaches_the_loss_and_sync_batchnorm_converts(variant):
+    x = torch.rand(2, 3, 32, 40)
+    backbone = variant.build(expand_output=False)
+    settings = [{"expand_output": False}]
+    if backbone.config.expansion_channels is not None:  # v2-style families have no expansion to leave out
+        settings.append({"expand_output": True, "output_stride": 8})
+    for kwargs in settings:
+        model = backbone if kwargs == settings[0] else variant.build(**kwargs)
+        model(x).sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert missing == [], f"parameters that do not reach the output with {kwargs}: {missing[:5]}"
+    backbone.eval()
+    reference = copy.deepcopy(backbone)
+    converted = nn.SyncBatchNorm.convert_sync_batchnorm(backbone)
+    assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) > 10
+    assert list(converted.state_dict()) == list(reference.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), reference(x))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: MobileViT("xxs", dropout=0.1, **kw),
+        lambda **kw: MobileViTv2(0.5, dropout=0.1, attn_dropout=0.1, **kw),
+        lambda **kw: MobileViTv3("xxs", dropout=0.1, **kw),
+        lambda **kw: MobileViTv3(width_multiplier=0.5, dropout=0.1, **kw),
+    ],
+    ids=["v1", "v2", "v3-v1", "v3-v2"],
+)
+def test_grad_checkpointing_keeps_gradients_and_batchnorm_statistics(make):
+    torch.manual_seed(0)
+    plain = make()
+    checkpointed = make(grad_checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.grad_checkpointing and not plain.grad_checkpointing
+    x = torch.rand(2, 3, 40, 56)
+    outputs = []
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # same dropout masks
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-6, msg=name)
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), f"{name}: BatchNorm statistics updated twice"
+    # Switching off restores the plain forward; the setting is checked.
+    checkpointed.set_grad_checkpointing(False)
+    assert not checkpointed.grad_checkpointing
+    with pytest.raises(TypeError):
+        checkpointed.set_grad_checkpointing("yes")
+    with pytest.raises(TypeError):
+        make(grad_checkpointing=1)
+
+
+def test_grad_checkpointing_saves_memory_on_the_autograd_graph():
+    # Count the bytes autograd keeps for backward (the quantity checkpointing reduces).
+    def saved_bytes(model):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(torch.rand(2, 3, 128, 128)).sum()
+        return total
+
+    torch.manual_seed(0)
+    plain = saved_bytes(MobileViT("xxs"))
+    checkpointed = saved_bytes(MobileViT("xxs", grad_checkpointing=True))
+    assert checkpointed < 0.3 * plain
+
+
+def test_init_distributed_single_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    context = init_distributed("cpu")
+    assert (context.rank, context.world_size, context.is_distributed, context.is_main) == (0, 1, False, True)
+    assert context.device == torch.device("cpu")
+    with pytest.raises(ValueError, match="device"):
+        init_distributed("tpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        init_distributed("cpu")
+
+
+def test_wrap_model_refuses_sync_batchnorm_on_cpu_ddp():
+    context = DistributedContext(rank=0, world_size=2)
+    with pytest.raises(ValueError, match="SyncBatchNorm"):
+        wrap_model(MobileViT("xxs"), context, sync_batchnorm=True)
+    single = wrap_model(MobileViT("xxs"), DistributedContext(), sync_batchnorm=True)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in single.modules())
+
+
+def test_make_loader_shards_and_shuffles_reproducibly():
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    shards = [
+        [int(i) for (batch,) in make_loader(data, 2, DistributedContext(rank=r, world_size=2), shuffle=False)
+         for i in batch]
+        for r in (0, 1)
+    ]
+    assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    orders = [[int(i) for (b,) in make_loader(data, 3, DistributedContext(), shuffle=True, seed=5) for i in b]
+              for _ in range(2)]
+    assert orders[0] == orders[1] and sorted(orders[0]) == list(range(10)) and orders[0] != list(range(10))
+    with pytest.raises(ValueError):
+        make_loader(data, 0, DistributedContext(), shuffle=False)
+
+
+def test_digits_split_is_fixed_and_stratified():
+    train, test = load_digits_split()
+    again_train, _ = load_digits_split()
+    assert (len(train), len(test)) == (1437, 360)
+    assert torch.equal(train.tensors[1], again_train.tensors[1])
+    assert torch.bincount(test.tensors[1]).min() >= 35  # every class in the test set
+    images = train.tensors[0]
+    assert images.shape[1:] == (1, 8, 8) and images.min() >= 0 and images.max() <= 1
+
+
+def test_demo_tiny_run_writes_files_and_reload_check_passes(tmp_path):
+    lines = []
+    result = run_demo(epochs=1, image_size=16, batch_size=16, limit=120, output=tmp_path, seed=3, progress=False,
+                      log=lines.append, device="cpu")
+    assert result.reload_matches
+    for name in ("checkpoint.pt", "training_curves.png", "predictions.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+        if name.endswith(".png"):
+            assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["variant"] == "mobilevit_xxs" and len(checkpoint["history"]) == 1
+    assert checkpoint["test_accuracy"] == result.test_accuracy
+    assert type(model[0]).__name__ == "MobileViT" and model[1].fc.out_features == 10
+    assert any(line.startswith("test accuracy:") for line in lines)
+    assert any("reload check: OK" in line for line in lines)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a visionkit demo checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_demo_command_line_with_another_variant(tmp_path, capsys):
+    code = cli_main(["demo", "--epochs", "1", "--image-size", "8", "--batch-size", "32", "--limit", "80",
+                     "--variant", "mobilevitv2_050", "--output", str(tmp_path), "--no-progress", "--threads", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "mobilevitv2_050" in out and "reload check: OK" in out
+    assert load_checkpoint(tmp_path / "checkpoint.pt")[1]["variant"] == "mobilevitv2_050"
+    with pytest.raises(ValueError, match="image_size"):
+        run_demo(image_size=4, output=tmp_path)

@@ -1,0 +1,367 @@
+"""A small supervised training loop that runs in one process or under ``torchrun`` with DDP.
+
+The same functions serve both cases. Under ``torchrun --nproc_per_node=N`` (which sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), :func:`init_distributed` joins the process group (``gloo`` on
+CPU, ``nccl`` on CUDA), :func:`wrap_model` wraps the model in
+:class:`~torch.nn.parallel.DistributedDataParallel`, and :func:`make_loader` shards the data with a
+:class:`~torch.utils.data.distributed.DistributedSampler`. Losses and accuracies are summed over all ranks, so every
+rank reports the same numbers. Process management is left to ``torchrun``.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torch.utils.data import TensorDataset
+    >>> context = init_distributed("cpu")  # one process: no process group
+    >>> model = wrap_model(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), context)
+    >>> data = TensorDataset(torch.rand(8, 1, 2, 2), torch.randint(0, 2, (8,)))
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> result = train_one_epoch(model, make_loader(data, 4, context, shuffle=True), optimizer, context)
+    >>> result.samples
+    8
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data.distributed import DistributedSampler
+
+from .contrib._checks import check_choice, check_positive_int, check_type
+
+__all__ = [
+    "DistributedContext",
+    "EpochResult",
+    "evaluate",
+    "init_distributed",
+    "make_loader",
+    "shutdown_distributed",
+    "train_one_epoch",
+    "unwrap_model",
+    "wrap_model",
+]
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process runs: its rank, the number of processes and its device.
+
+    Attributes:
+        rank: global rank of this process (0 when not distributed).
+        world_size: number of processes (1 when not distributed).
+        local_rank: rank on this machine; picks the CUDA device.
+        device: the device this process trains on.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (the process that prints and writes files)."""
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """Mean loss and accuracy over the samples all ranks saw in one pass.
+
+    Attributes:
+        loss: mean loss per sample.
+        accuracy: fraction of samples whose arg-max prediction is the label.
+        samples: number of samples, summed over ranks.
+    """
+
+    loss: float
+    accuracy: float
+    samples: int
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def init_distributed(device: str = "auto") -> DistributedContext:
+    """Read the ``torchrun`` environment and join the process group when there is more than one process.
+
+    Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and a single-process context is
+    returned. Otherwise the default process group is initialised from the environment (``env://``) with the
+    ``nccl`` backend on CUDA and ``gloo`` on CPU, unless one is already initialised, in which case it is reused.
+
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``. On CUDA each process takes the
+            GPU ``LOCAL_RANK``.
+
+    Returns:
+        The context of this process.
+
+    Raises:
+        TypeError: ``device`` is not a string.
+        ValueError: ``device`` is unknown, ``"cuda"`` is asked for but not available, or a ``torchrun``
+            environment variable is not an integer.
+    """
+    check_type("device", device, str)
+    check_choice("device", device, ("auto", "cpu", "cuda"))
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but torch.cuda.is_available() is False")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        run_on = torch.device("cuda", local_rank)
+    else:
+        run_on = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=run_on)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one is initialised (a no-op otherwise)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap_model(model: nn.Module, context: DistributedContext, *, sync_batchnorm: bool = False) -> nn.Module:
+    """Move ``model`` to the context's device and, when distributed, wrap it in ``DistributedDataParallel``.
+
+    DDP runs with ``find_unused_parameters=False``: every parameter of the visionkit backbones and heads reaches
+    the output, whatever the configuration.
+
+    Args:
+        model: the model to train.
+        context: from :func:`init_distributed`.
+        sync_batchnorm: convert every BatchNorm to :class:`~torch.nn.SyncBatchNorm`, so that batch statistics are
+            computed over the global batch (PyTorch supports this on GPUs only).
+
+    Returns:
+        The model itself (single process) or its DDP wrapper.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``sync_batchnorm`` is asked for in a distributed CPU run.
+    """
+    check_type("model", model, nn.Module)
+    check_type("context", context, DistributedContext)
+    check_type("sync_batchnorm", sync_batchnorm, bool)
+    if sync_batchnorm and context.is_distributed and context.device.type == "cpu":
+        raise ValueError(
+            "sync_batchnorm=True needs GPUs: PyTorch's SyncBatchNorm does not run on CPU tensors; "
+            "train without it on CPU (each process then normalises its own share of the batch)"
+        )
+    if sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(context.device)
+    if not context.is_distributed:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    context: DistributedContext,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
+) -> DataLoader:
+    """A data loader that gives each process its own share of ``dataset``.
+
+    Distributed, a :class:`~torch.utils.data.distributed.DistributedSampler` deals the (shuffled) indices out
+    round-robin, so rank ``r`` gets indices ``r, r + N, r + 2N, ...`` of the order; the last share is padded with
+    repeated samples unless ``drop_last``. In one process, a seeded random sampler (or the plain order) is used.
+    :func:`train_one_epoch` reshuffles each epoch through ``set_epoch``.
+
+    Args:
+        dataset: a map-style dataset.
+        batch_size: samples per batch *per process*; the global batch is ``batch_size * world_size``.
+        context: from :func:`init_distributed`.
+        shuffle: shuffle every epoch.
+        seed: seed of the shuffling (the same on every rank).
+        drop_last: drop the last incomplete batch (and, distributed, the samples that do not divide evenly).
+        num_workers: data-loading worker processes.
+        collate_fn: builds a batch from a list of samples (e.g. to resize images on the fly).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: ``batch_size < 1`` or ``num_workers < 0``.
+    """
+    check_positive_int("batch_size", batch_size)
+    check_type("context", context, DistributedContext)
+    check_type("shuffle", shuffle, bool)
+    check_type("seed", seed, int)
+    check_type("num_workers", num_workers, int)
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    sampler: Any
+    if context.is_distributed:
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=context.world_size,
+            rank=context.rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+    elif shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+
+
+def _reduced(totals: torch.Tensor, context: DistributedContext) -> EpochResult:
+    # totals = [sum of losses, correct predictions, samples], summed over ranks when distributed.
+    if context.is_distributed:
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+    loss_sum, correct, samples = totals.tolist()
+    count = max(int(round(samples)), 0)
+    if count == 0:
+        return EpochResult(loss=math.nan, accuracy=math.nan, samples=0)
+    return EpochResult(loss=loss_sum / count, accuracy=correct / count, samples=count)
+
+
+def _progress(iterable: Iterable[Any], enabled: bool, description: str, total: int) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=description, total=total, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    context: DistributedContext,
+    *,
+    epoch: int = 0,
+    loss_fn: LossFunction = nn.functional.cross_entropy,
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+    progress: bool = False,
+    description: str = "train",
+) -> EpochResult:
+    """Train ``model`` for one pass over ``loader``: forward, loss, backward, optimiser step per batch.
+
+    The model is put in training mode. With DDP, gradients are averaged over the ranks during ``backward``, so
+    every rank applies the same update. The result is summed over the ranks.
+
+    Args:
+        model: a classifier returning logits :math:`(B, K)` (plain or DDP-wrapped).
+        loader: yields ``(images, labels)`` batches.
+        optimizer: the optimiser of ``model``'s parameters.
+        context: from :func:`init_distributed`.
+        epoch: epoch number; reseeds a ``DistributedSampler`` so every epoch has its own order.
+        loss_fn: ``loss_fn(logits, labels)`` returning the mean loss of the batch.
+        scheduler: stepped after every optimiser step, if given.
+        progress: show a progress bar with the running loss and accuracy (rank 0 only).
+        description: label of the progress bar.
+
+    Returns:
+        Mean loss and accuracy over the epoch, measured on the fly (with the weights of the moment).
+    """
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=context.device)
+    bar = _progress(loader, progress and context.is_main, description, len(loader))
+    for images, labels in bar:
+        images, labels = images.to(context.device), labels.to(context.device)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            totals += torch.stack(
+                (
+                    loss.detach().double() * labels.shape[0],
+                    (logits.argmax(dim=1) == labels).sum().double(),
+                    torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=context.device),
+                )
+            )
+        if bar is not loader:
+            loss_sum, correct, seen = totals.tolist()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    if bar is not loader:
+        bar.close()
+    return _reduced(totals, context)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    context: DistributedContext,
+    *,
+    loss_fn: LossFunction = nn.functional.cross_entropy,
+) -> EpochResult:
+    """Loss and accuracy of ``model`` (in eval mode) over ``loader``, summed over the ranks.
+
+    Distributed without ``drop_last``, the ``DistributedSampler`` pads the last share with repeated samples; use
+    one process for exact test-set figures when the test set does not divide by the number of processes.
+
+    Args:
+        model: a classifier returning logits :math:`(B, K)`.
+        loader: yields ``(images, labels)`` batches.
+        context: from :func:`init_distributed`.
+        loss_fn: ``loss_fn(logits, labels)`` returning the mean loss of the batch.
+
+    Returns:
+        Mean loss and accuracy.
+    """
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=context.device)
+    for images, labels in loader:
+        images, labels = images.to(context.device), labels.to(context.device)
+        logits = model(images)
+        totals[0] += loss_fn(logits, labels).double() * labels.shape[0]
+        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[2] += labels.shape[0]
+    return _reduced(totals, context)
