@@ -232,39 +232,29 @@ def test_model_pages_show_card_table_and_generated_figure(build: Build) -> None:
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-# --- pieces of the generator that the current tree cannot reach through a build -----------------------------------
+# --- pieces of the generator checked without a build -----------------------------------
 
 
-def test_released_top1_column_appears_once_the_registry_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    @dataclass
-    class Entry:
-        tag: str
-        top1: float
-        resolution: int
-        channel_order: str
-
-    row = visionkit_zoo.ZooRow("mobilevit_xxs", "MobileViT", "MobileViT-XXS", 'MobileViT(mode="xxs")', 1, 2, 3, (4,), 5)
-    monkeypatch.delattr(visionkit.contrib, "list_weights", raising=False)
-    assert visionkit_zoo.released_top1("mobilevit_xxs") is None
-    assert not any("Top-1" in line or "checkpoints" in line for line in visionkit_zoo.table_rst("MobileViT", (row,)))
-
-    calls = []
-
-    def list_weights(variant: str) -> list[Entry]:
-        calls.append(variant)
-        return [Entry("cvnets-in1k", 69.0, 256, "BGR"), Entry("other", 70.5, 384, "RGB")]
-
-    monkeypatch.setattr(visionkit.contrib, "list_weights", list_weights, raising=False)
-    lines = visionkit_zoo.table_rst("MobileViT", (row,))
-    assert calls == ["mobilevit_xxs"]
-    main_table = lines[: lines.index(".. list-table:: MobileViT: released checkpoints")]
+def test_released_top1_columns_come_from_the_registry() -> None:
+    row = visionkit_zoo.ZooRow("mobilevitv2_150", "MobileViTv2", "MobileViTv2-1.5", "MobileViTv2(1.5)", 1, 2, 3, (4,), 5)
+    entries = visionkit.contrib.list_weights("mobilevitv2_150")
+    assert len(entries) > 1
+    lines = visionkit_zoo.table_rst("MobileViTv2", (row,))
+    title = ".. list-table:: MobileViTv2: released checkpoints"
+    main_table = lines[: lines.index(title)]
     assert "     - Top-1 (%), default weights" in main_table
-    assert "     - 69" in main_table  # the first (default) checkpoint
-    checkpoints = lines[lines.index(".. list-table:: MobileViT: released checkpoints") :]
-    assert checkpoints[-10:] == [
-        "   * - ``mobilevit_xxs``", "     - ``cvnets-in1k``", "     - 256", "     - BGR", "     - 69",
-        "   * - ``mobilevit_xxs``", "     - ``other``", "     - 384", "     - RGB", "     - 70.5",
-    ]
+    assert main_table[-1] == f"     - {entries[0].top1:g}"  # the default (first) checkpoint
+    checkpoints = lines[lines.index(title) :]
+    expected = []
+    for entry in entries:
+        expected += [
+            "   * - ``mobilevitv2_150``",
+            f"     - ``{entry.tag}``",
+            f"     - {entry.resolution}",
+            f"     - {entry.channel_order}",
+            f"     - {entry.top1:g}",
+        ]
+    assert checkpoints[-len(expected) :] == expected
 
 
 def test_zoo_rows_reject_unknown_family() -> None:

@@ -72,13 +72,11 @@ class ZooRow:
 # and the tables and figures have no top-1. To make the registry mandatory, replace the ``getattr``
 # fallback below by a plain ``visionkit.contrib.list_weights`` call.
 # ---------------------------------------------------------------------------------------------------------------
-def released_top1(variant_name: str) -> Optional[tuple[ReleasedTop1, ...]]:
-    """Released checkpoints of ``variant_name`` from the weights registry, or ``None`` if there is no registry."""
-    list_weights = getattr(visionkit.contrib, "list_weights", None)
-    if list_weights is None:
-        return None
+def released_top1(variant_name: str) -> tuple[ReleasedTop1, ...]:
+    """Released checkpoints of ``variant_name`` from the weights registry (:func:`visionkit.contrib.list_weights`)."""
     return tuple(
-        ReleasedTop1(w.tag, float(w.top1), int(w.resolution), str(w.channel_order)) for w in list_weights(variant_name)
+        ReleasedTop1(w.tag, float(w.top1), int(w.resolution), str(w.channel_order))
+        for w in visionkit.contrib.list_weights(variant_name)
     )
 
 
@@ -137,7 +135,6 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
     """
     rows = zoo_rows(family) if rows is None else rows
     released = {row.name: released_top1(row.name) for row in rows}
-    with_top1 = any(entries is not None for entries in released.values())
     header = [
         "Variant",
         "Constructor",
@@ -146,9 +143,8 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
         f"MACs at {MACS_RESOLUTION} (M)",
         "Channels, levels 0–4",
         "Output channels",
+        "Top-1 (%), default weights",
     ]
-    if with_top1:
-        header.append("Top-1 (%), default weights")
     body = [header]
     for row in rows:
         cells = [
@@ -159,19 +155,16 @@ def table_rst(family: str, rows: Optional[tuple[ZooRow, ...]] = None) -> list[st
             format_macs(row.macs),
             ", ".join(str(c) for c in row.level_channels),
             str(row.out_channels),
+            f"{released[row.name][0].top1:g}" if released[row.name] else "–",
         ]
-        if with_top1:
-            entries = released[row.name]
-            cells.append(f"{entries[0].top1:g}" if entries else "–")
         body.append(cells)
     lines = _list_table(f"{family} variants, measured at build time", "visionkit-zoo", body)
-    if with_top1:
-        checkpoints = [["Variant", "Weights tag", "Resolution", "Channel order", "Top-1 (%), ImageNet-1k val"]]
-        for row in rows:
-            for entry in released[row.name] or ():
-                cells = [f"``{row.name}``", f"``{entry.tag}``", str(entry.resolution), entry.channel_order]
-                checkpoints.append([*cells, f"{entry.top1:g}"])
-        lines += ["", *_list_table(f"{family}: released checkpoints", "visionkit-checkpoints", checkpoints)]
+    checkpoints = [["Variant", "Weights tag", "Resolution", "Channel order", "Top-1 (%), ImageNet-1k val"]]
+    for row in rows:
+        for entry in released[row.name]:
+            cells = [f"``{row.name}``", f"``{entry.tag}``", str(entry.resolution), entry.channel_order]
+            checkpoints.append([*cells, f"{entry.top1:g}"])
+    lines += ["", *_list_table(f"{family}: released checkpoints", "visionkit-checkpoints", checkpoints)]
     return lines
 
 
@@ -191,7 +184,7 @@ class ZooTableDirective(SphinxDirective):
 
 
 def draw_figure(path: Path, rows: tuple[ZooRow, ...], highlight: Optional[str] = None) -> None:
-    """Draw parameters vs MACs (and top-1 vs MACs when the registry reports it) for ``rows`` into ``path``.
+    """Draw parameters vs MACs and released top-1 vs MACs for ``rows`` into ``path``.
 
     With ``highlight`` set to a family, the other families are drawn in grey behind it.
     """
@@ -201,8 +194,7 @@ def draw_figure(path: Path, rows: tuple[ZooRow, ...], highlight: Optional[str] =
     import matplotlib.pyplot as plt
 
     released = {row.name: released_top1(row.name) for row in rows}
-    with_top1 = any(released.values())
-    fig, axes = plt.subplots(1, 2 if with_top1 else 1, figsize=(11 if with_top1 else 7, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), squeeze=False)
     markers = {"MobileViT": "o", "MobileViTv2": "s", "MobileViTv3": "^"}
     order = sorted(FAMILIES, key=lambda family: family == highlight)  # the highlighted family is drawn last
     for family in order:
@@ -218,16 +210,14 @@ def draw_figure(path: Path, rows: tuple[ZooRow, ...], highlight: Optional[str] =
             for row in fam:
                 axes[0][0].annotate(row.name.split("_", 1)[1], (row.macs / 1e9, row.params / 1e6), fontsize=7,
                                     xytext=(4, 3), textcoords="offset points")
-        if with_top1:
-            pts = [(row.macs / 1e9, released[row.name][0].top1) for row in fam if released[row.name]]
-            axes[0][1].plot([p[0] for p in pts], [p[1] for p in pts], **style)
+        pts = [(row.macs / 1e9, released[row.name][0].top1) for row in fam if released[row.name]]
+        axes[0][1].plot([p[0] for p in pts], [p[1] for p in pts], **style)
     axes[0][0].set_xlabel(f"MACs at {MACS_RESOLUTION}×{MACS_RESOLUTION} (G)")
     axes[0][0].set_ylabel("backbone parameters (M)")
     axes[0][0].set_title("Size against compute")
-    if with_top1:
-        axes[0][1].set_xlabel(f"MACs at {MACS_RESOLUTION}×{MACS_RESOLUTION} (G)")
-        axes[0][1].set_ylabel("released top-1, ImageNet-1k (%)")
-        axes[0][1].set_title("Accuracy of the default released checkpoint")
+    axes[0][1].set_xlabel(f"MACs at {MACS_RESOLUTION}×{MACS_RESOLUTION} (G)")
+    axes[0][1].set_ylabel("released top-1, ImageNet-1k (%)")
+    axes[0][1].set_title("Accuracy of the default released checkpoint")
     for ax in axes[0]:
         ax.grid(alpha=0.3)
         ax.legend()
