@@ -33,17 +33,23 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     # Reference: one process, the same global batches. DDP without SyncBatchNorm normalises each rank's half on
     # its own and averages the two gradients, so the reference forwards the same two halves (rank r of a
     # DistributedSampler without shuffling takes indices r, r + 2, ...) and averages their losses.
+    # One thread, as in the workers, so that reductions add in the same order.
     model, data = make_problem()
     images, labels = data.tensors
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     model.train()
-    for step in range(STEPS):
-        batch = torch.arange(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)
-        shards = [batch[rank::2] for rank in (0, 1)]
-        loss = sum(nn.functional.cross_entropy(model(images[s]), labels[s]) for s in shards) / 2
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(STEPS):
+            batch = torch.arange(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)
+            shards = [batch[rank::2] for rank in (0, 1)]
+            loss = sum(nn.functional.cross_entropy(model(images[s]), labels[s]) for s in shards) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
 
     initial, _ = make_problem()
     moved = 0

@@ -140,9 +140,11 @@ class LinearSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         query, key, value = self.qkv_proj(x).split([1, self.dim, self.dim], dim=1)
-        context_scores = self.attn_dropout(F.softmax(query, dim=-1))
-        context_vector = (key * context_scores).sum(dim=-1, keepdim=True)
-        return self.out_proj(F.relu(value) * context_vector)
+        # Under bf16/fp16 autocast the softmax over all N tokens and the weighted sum run in fp32 (no-ops in fp32).
+        accumulate = torch.promote_types(query.dtype, torch.float32)
+        context_scores = self.attn_dropout(F.softmax(query, dim=-1, dtype=accumulate))
+        context_vector = (key.to(accumulate) * context_scores).sum(dim=-1, keepdim=True)
+        return self.out_proj(F.relu(value) * context_vector.to(value.dtype))
 
 
 class LinearAttnFFN(nn.Module):

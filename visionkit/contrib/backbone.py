@@ -117,6 +117,10 @@ class MobileViTBackbone(nn.Module):
     segmentation models do: the downsampling inverted residual keeps the previous dilation, and blocks of
     families with ``dilate_local`` dilate their depthwise local convolution.
 
+    On CPU, in eager mode, the layers run in channels-last memory format (oneDNN's fastest layout for these
+    convolutions: 15-35% faster in ``benchmarks/``); the returned maps are contiguous as usual. Under tracing,
+    ``torch.compile`` and ``torch.export`` the memory format is left to the compiler.
+
     Args:
         config: the architecture.
         in_channels: channels of the input images.
@@ -273,6 +277,19 @@ class MobileViTBackbone(nn.Module):
         check_type("enable", enable, bool)
         self.grad_checkpointing = enable
 
+    @staticmethod
+    def _to_working_layout(x: torch.Tensor) -> torch.Tensor:
+        """Channels-last on CPU in eager mode (see the class docstring); unchanged otherwise."""
+        if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return x
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _to_output_layout(x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return x
+        return x.contiguous()
+
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
         if exporting or not (self.grad_checkpointing and torch.is_grad_enabled()):
@@ -348,10 +365,11 @@ class MobileViTBackbone(nn.Module):
         self._check_input(x)
         wanted = self._level_indices(indices)
         maps: dict[int, torch.Tensor] = {}
-        x = self.conv_1(x)
+        x = self.conv_1(self._to_working_layout(x))
         for level, stage in enumerate(self.stages[: max(wanted) + 1]):
             x = self._run_stage(stage, x)
-            maps[level] = x
+            if level in wanted:
+                maps[level] = self._to_output_layout(x)
         return [maps[i] for i in wanted]
 
     def fuse(self) -> "MobileViTBackbone":
@@ -388,10 +406,10 @@ class MobileViTBackbone(nn.Module):
                 or (in training mode) a BatchNorm sees a single value per channel (batch 1 and a 1x1 map).
         """
         self._check_input(x)
-        x = self.conv_1(x)
+        x = self.conv_1(self._to_working_layout(x))
         for stage in self.stages:
             x = self._run_stage(stage, x)
-        return self.conv_1x1_exp(x)
+        return self._to_output_layout(self.conv_1x1_exp(x))
 
 
 def _with_dropouts(

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import io
+import logging
 import os
 import platform
 import statistics
@@ -151,6 +152,9 @@ def _quiet() -> contextlib.ExitStack:
     warnings.simplefilter("ignore")
     stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
     stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notes, one per export
+    stack.callback(exporter_log.setLevel, exporter_log.level)
+    exporter_log.setLevel(logging.ERROR)
     return stack
 
 
@@ -407,7 +411,9 @@ def run(args: argparse.Namespace) -> int:
     out(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
         f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     out("versions: " + ", ".join(versions))
-    out("command: " + " ".join(sys.argv))
+    script = os.path.basename(sys.argv[0])
+    program = f"python benchmarks/{script}" if script == "benchmark.py" else "visionkit"
+    out("command: " + " ".join([program, *sys.argv[1:]]))
     if args.variants and args.batches:
         _latency_table(args, device, out)
     if args.train_variants:
