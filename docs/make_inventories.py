@@ -96,6 +96,7 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("torch.autocast", "py:class", "amp.html#torch.autocast"),
             ("torch.autocast", "py:function", "amp.html#torch.autocast"),
             ("torch.compile", "py:function", "generated/torch.compile.html#torch.compile"),
+            ("torch.export", "py:module", "export.html#module-torch.export"),
             ("torch.export.export", "py:function", "export/api_reference.html#torch.export.export"),
             ("torch.export.ExportedProgram", "py:class", "export/api_reference.html#torch.export.ExportedProgram"),
             ("torch.utils.checkpoint.checkpoint", "py:function", "checkpoint.html#torch.utils.checkpoint.checkpoint"),
