@@ -39,6 +39,8 @@ nitpicky = True
 nitpick_ignore = [
     # Private to PyTorch's documentation: FlopCounterMode has no page of its own to link to.
     ("py:class", "torch.utils.flop_counter.FlopCounterMode"),
+    # A TypeVar in the signature of fuse_batchnorm ("returns the module it was given"), not a documented object.
+    ("py:class", "visionkit.contrib.deploy.ModuleT"),
 ]
 
 # --- theme ---
@@ -92,6 +94,20 @@ copybutton_only_copy_prompt_lines = True
 TORCH_PUBLIC_NAMES = {
     "torch.nn.modules.module.Module": "torch.nn.Module",
     "torch.nn.modules.container.Sequential": "torch.nn.Sequential",
+    "torch.nn.modules.conv.Conv2d": "torch.nn.Conv2d",
+    "torch.nn.modules.batchnorm.BatchNorm2d": "torch.nn.BatchNorm2d",
+    "torch.export.exported_program.ExportedProgram": "torch.export.ExportedProgram",
+    "torch.utils.data.dataloader.DataLoader": "torch.utils.data.DataLoader",
+    "torch.utils.data.dataset.Dataset": "torch.utils.data.Dataset",
+    "torch.optim.optimizer.Optimizer": "torch.optim.Optimizer",
+    # class signatures keep the annotation as written (``from __future__ import annotations``)
+    "nn.Module": "torch.nn.Module",
+}
+
+#: Names that docstrings of :mod:`visionkit.contrib.export` use unqualified, for objects documented under their
+#: module's path in api.rst (they are not re-exported from ``visionkit.contrib``).
+LOCAL_NAMES = {
+    "MIN_DYNAMIC_SIZE": "visionkit.contrib.export.MIN_DYNAMIC_SIZE",
 }
 
 
@@ -106,5 +122,29 @@ def _link_public_torch_name(app, env, node, contnode):
     return missing_reference(app, env, node, contnode)
 
 
+def _link_local_name(app, env, node, contnode):
+    """Resolve an unqualified name of :data:`LOCAL_NAMES` to the object documented under its full path."""
+    target = LOCAL_NAMES.get(node.get("reftarget", ""))
+    if node.get("refdomain") != "py" or target is None:
+        return None
+    domain = env.get_domain("py")
+    return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
+
+
+#: Module constants whose ``#:`` comment starts with a sentence holding a colon: napoleon would read the words
+#: before the colon as the constant's type, so the real type is put in front (``"int: ..."``) before it parses.
+DATA_TYPES = {
+    "visionkit.contrib.export.MIN_DYNAMIC_SIZE": "int",
+}
+
+
+def _type_data_docstring(app, what, name, obj, options, lines):
+    type_name = DATA_TYPES.get(name)
+    if what == "data" and type_name is not None and lines:
+        lines[0] = f"{type_name}: {lines[0]}"
+
+
 def setup(app):
     app.connect("missing-reference", _link_public_torch_name, priority=400)
+    app.connect("missing-reference", _link_local_name, priority=400)
+    app.connect("autodoc-process-docstring", _type_data_docstring, priority=400)  # before napoleon (500)

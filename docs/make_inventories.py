@@ -71,6 +71,48 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
                 "py:function",
                 "generated/torch.nn.functional.interpolate.html#torch.nn.functional.interpolate",
             ),
+            ("torch.nn.BatchNorm2d", "py:class", "generated/torch.nn.BatchNorm2d.html#torch.nn.BatchNorm2d"),
+            ("torch.nn.SyncBatchNorm", "py:class", "generated/torch.nn.SyncBatchNorm.html#torch.nn.SyncBatchNorm"),
+            (
+                "torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+                "py:method",
+                "generated/torch.nn.SyncBatchNorm.html#torch.nn.SyncBatchNorm.convert_sync_batchnorm",
+            ),
+            ("torch.nn.Module.eval", "py:method", "generated/torch.nn.Module.html#torch.nn.Module.eval"),
+            ("torch.nn.Module.to", "py:method", "generated/torch.nn.Module.html#torch.nn.Module.to"),
+            (
+                "torch.nn.parallel.DistributedDataParallel",
+                "py:class",
+                "generated/torch.nn.parallel.DistributedDataParallel.html#torch.nn.parallel.DistributedDataParallel",
+            ),
+            (
+                "torch.nn.functional.scaled_dot_product_attention",
+                "py:function",
+                "generated/torch.nn.functional.scaled_dot_product_attention.html"
+                "#torch.nn.functional.scaled_dot_product_attention",
+            ),
+            # torch.autocast is a class that is used as a function (a context manager); the docstrings link it
+            # with :func:, so the inventory lists it under both roles.
+            ("torch.autocast", "py:class", "amp.html#torch.autocast"),
+            ("torch.autocast", "py:function", "amp.html#torch.autocast"),
+            ("torch.compile", "py:function", "generated/torch.compile.html#torch.compile"),
+            ("torch.export", "py:module", "export.html#module-torch.export"),
+            ("torch.export.export", "py:function", "export/api_reference.html#torch.export.export"),
+            ("torch.export.ExportedProgram", "py:class", "export/api_reference.html#torch.export.ExportedProgram"),
+            ("torch.utils.checkpoint.checkpoint", "py:function", "checkpoint.html#torch.utils.checkpoint.checkpoint"),
+            ("torch.utils.data.DataLoader", "py:class", "data.html#torch.utils.data.DataLoader"),
+            ("torch.utils.data.Dataset", "py:class", "data.html#torch.utils.data.Dataset"),
+            (
+                "torch.utils.data.distributed.DistributedSampler",
+                "py:class",
+                "data.html#torch.utils.data.distributed.DistributedSampler",
+            ),
+            ("torch.optim.Optimizer", "py:class", "optim.html#torch.optim.Optimizer"),
+            (
+                "torch.optim.lr_scheduler.LRScheduler",
+                "py:class",
+                "generated/torch.optim.lr_scheduler.LRScheduler.html#torch.optim.lr_scheduler.LRScheduler",
+            ),
         ],
     ),
     "kornia": (
@@ -89,6 +131,7 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
                 "py:exception",
                 "core.html#kornia.core.exceptions.ValueCheckError",
             ),
+            ("kornia.geometry.bbox.nms", "py:function", "geometry.bbox.html#kornia.geometry.bbox.nms"),
         ],
     ),
 }

@@ -377,7 +377,7 @@ class SSDLite(nn.Module):
         """Detect objects: one dict per image with ``boxes`` :math:`(M, 4)` ``xyxy`` in input pixels, ``scores``
         :math:`(M,)` and ``labels`` :math:`(M,)` (1 .. K-1); empty tensors when nothing passes the threshold.
 
-        Call :meth:`eval` first: in training mode BatchNorm uses batch statistics.
+        Call :meth:`~torch.nn.Module.eval` first: in training mode BatchNorm uses batch statistics.
         """
         offsets, logits, anchors = self(images)
         return self.postprocess(offsets, logits, anchors, images.shape[-2:])
