@@ -90,3 +90,29 @@ def test_plain_modules_where_the_fused_function_does_not_apply() -> None:
     assert type(no_act(x).grad_fn).__name__ == "ReluBackward0"
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         ConvLayer(4, 4, 1).train()(torch.rand(1, 4, 1, 1, requires_grad=True))
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+def test_eval_folds_batchnorm_at_run_time_with_the_same_output(name, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = build_variant(name).eval()
+    for module in model.modules():  # non-trivial statistics, so that the folding has something to do
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(2, 3, 96, 80)
+    calls = []
+    folded = layers._conv_with_folded_batchnorm
+    monkeypatch.setattr(layers, "_conv_with_folded_batchnorm", lambda *args: calls.append(1) or folded(*args))
+    with torch.no_grad():
+        fast = model(x)
+        assert len(calls) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        monkeypatch.setattr(layers, "_can_fold_batchnorm", lambda norm: False)
+        plain = model(x)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # a traced graph keeps the BatchNorm modules
+        monkeypatch.undo()
+        graph = torch.jit.trace(model, x, check_trace=False).inlined_graph
+    assert "aten::batch_norm" in str(graph)

@@ -34,7 +34,7 @@ from .configs import (
     mobilevit_v3_config,
 )
 from .deploy import fuse_batchnorm
-from .layers import ConvLayer, InvertedResidual
+from .layers import ConvLayer, InvertedResidual, is_recording
 
 __all__ = ["FeatureInfo", "MobileViT", "MobileViTBackbone", "MobileViTv2", "MobileViTv3"]
 
@@ -280,15 +280,13 @@ class MobileViTBackbone(nn.Module):
     @staticmethod
     def _to_working_layout(x: torch.Tensor) -> torch.Tensor:
         """Channels-last on CPU in eager mode (see the class docstring); unchanged otherwise."""
-        if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if x.device.type != "cpu" or is_recording():
             return x
         return x.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
     def _to_output_layout(x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return x
-        return x.contiguous()
+        return x if is_recording() else x.contiguous()
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()

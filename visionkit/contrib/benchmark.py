@@ -206,6 +206,9 @@ def _runners(
     add("vk_fused", lambda: lambda: fused(x))
 
     def compiled() -> Callable[[], Any]:
+        # Every variant and batch compiles the same forward methods again; without a reset dynamo's recompile
+        # limit (8 per code object) refuses the later ones.
+        torch.compiler.reset()
         model = torch.compile(copy.deepcopy(fused), fullgraph=True, dynamic=False)
         return lambda: model(x)
 

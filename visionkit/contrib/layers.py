@@ -44,6 +44,20 @@ def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = No
     return rounded
 
 
+def is_recording() -> bool:
+    """Whether TorchScript, a tracer, ``torch.compile`` or ``torch.export`` is recording the forward.
+
+    Eager-only speed-ups (memory layout, run-time BatchNorm folding, the fused training function) step aside then,
+    so that recorded graphs hold the plain operations and compilers make their own choices.
+    """
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
 class _BatchNormSiLU(torch.autograd.Function):
     """Training-mode BatchNorm followed by SiLU that keeps only the BatchNorm *input* for backward.
 
@@ -98,10 +112,9 @@ def _can_fuse_batchnorm_silu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -
         and x.requires_grad
         and x.numel() > x.shape[1]  # empty or one value per channel: the plain modules handle (or refuse) it
         and x.dtype in (torch.float32, torch.float64)
+        and x.device.type in ("cpu", "cuda")  # devices with an autocast state to ask (not "meta")
         and not torch.is_autocast_enabled(x.device.type)
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
+        and not is_recording()
     )
 
 
@@ -112,16 +125,43 @@ def _batchnorm_silu(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return _BatchNormSiLU.apply(x, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum, norm.eps)
 
 
+def _can_fold_batchnorm(norm: nn.Module) -> bool:
+    """Whether ``norm`` (in eval mode, with running statistics) may be folded into the convolution at run time."""
+    return (
+        type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)  # the same computation in eval mode
+        and not norm.training
+        and norm.track_running_stats
+        and norm.running_mean is not None
+        and not is_recording()
+    )
+
+
+def _conv_with_folded_batchnorm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` in eval mode as one convolution whose weight and bias absorb the BatchNorm."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.weight is not None:
+        scale = scale * norm.weight
+        shift = shift * norm.weight + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))).to(conv.weight.dtype)
+    return conv._conv_forward(x, weight, shift.to(conv.weight.dtype))
+
+
 class ConvLayer(nn.Module):
     """Convolution, then an optional BatchNorm, then an optional activation.
 
     Padding is ``(kernel_size - 1) // 2 * dilation`` so spatial size is kept at stride 1. The convolution has a
     bias only when ``bias=True``.
 
-    In training with gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
+    In eager eval mode the BatchNorm is folded into the convolution's weight and bias at run time (one kernel
+    instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). In training with
+    gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
     modules, about a third less activation memory for the layer). Modules replaced by other types (e.g.
-    ``SyncBatchNorm``), autocast, scripting, tracing and ``torch.compile`` use the plain modules.
+    ``SyncBatchNorm``), scripting, tracing, ``torch.export`` and ``torch.compile`` use the plain modules (as does
+    autocast for the training function).
 
     Args:
         in_channels: input channels :math:`C_{in}`.
@@ -177,13 +217,18 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        if len(block) == 3:
-            conv, norm, act = block
-            y = conv(x)
-            if _can_fuse_batchnorm_silu(norm, act, y):
-                return _batchnorm_silu(norm, y)
-            return act(norm(y))
-        return block(x)
+        norm = getattr(block, "norm", None)
+        if norm is None:
+            return block(x)
+        conv, act = block.conv, getattr(block, "act", None)
+        if _can_fold_batchnorm(norm):
+            y = _conv_with_folded_batchnorm(conv, norm, x)
+            return y if act is None else act(y)
+        y = conv(x)
+        if act is not None and _can_fuse_batchnorm_silu(norm, act, y):
+            return _batchnorm_silu(norm, y)
+        y = norm(y)
+        return y if act is None else act(y)
 
 
 class InvertedResidual(nn.Module):
