@@ -143,6 +143,9 @@ def _ort_session(path: str, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle ONNX Runtime workers otherwise spin for a while after each run and slow whichever implementation the
+    # interleaved rounds run next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
