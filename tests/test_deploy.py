@@ -151,12 +151,6 @@ def test_export_program_rejects_small_dynamic_sizes() -> None:
         export_program(MobileViT("xxs").eval(), input_size=(128,))
 
 
-# Lowest per-image cosine similarity bf16 vs fp32 we accept, per family, on random weights. Measured at 128x128 over
-# every released variant: v1 and v3-on-v1 0.9996-0.9999; v2 and v3-on-v2 0.9937-0.9992 (0.9986-0.9994 at 256x256):
-# their separable attention sums over all tokens, and random weights give it no structure to stay stable on.
-BF16_MIN_COSINE = {"v1": 0.999, "v3_v1": 0.999, "v2": 0.99, "v3_v2": 0.99}
-
-
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(family: str) -> None:
     torch.manual_seed(0)
@@ -169,7 +163,10 @@ def test_bf16_autocast_on_cpu_is_finite_and_close_to_fp32(family: str) -> None:
     assert actual.dtype == torch.bfloat16
     assert torch.isfinite(actual).all()
     cosine = F.cosine_similarity(actual.float().flatten(1), expected.flatten(1))
-    assert cosine.min() >= BF16_MIN_COSINE[family], cosine
+    # Random weights with non-trivial BatchNorm statistics, 128x128: every one of the 19 variants measured
+    # 0.99993-0.99997 per image. (Freshly initialised models, whose BatchNorms are identities that do not match
+    # the activations, measure lower on the v2 families: 0.994-0.999.)
+    assert cosine.min() >= 0.999, cosine
 
 
 def test_v1_at_1080x1920_does_not_materialise_the_attention_matrix() -> None:
