@@ -116,3 +116,45 @@ def test_eval_folds_batchnorm_at_run_time_with_the_same_output(name, monkeypatch
         monkeypatch.undo()
         graph = torch.jit.trace(model, x, check_trace=False).inlined_graph
     assert "aten::batch_norm" in str(graph)
+
+
+class _StandardizedConv2d(nn.Conv2d):
+    """A replaced convolution whose own forward must run (weight standardisation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)
+        return self._conv_forward(x, weight, self.bias)
+
+
+@pytest.mark.parametrize("mode", ["eval", "eval_no_grad", "train"])
+def test_hooks_and_replaced_convolutions_see_every_call(mode) -> None:
+    torch.manual_seed(0)
+    layer = ConvLayer(4, 6, 3).train(mode == "train")
+    x = torch.rand(2, 4, 7, 7, requires_grad=mode == "train")
+    expected = layer.block(x)  # nn.Sequential: the plain modules, one call each
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        getattr(layer.block, name).register_forward_hook(lambda m, i, o, name=name: seen.setdefault(name, o.clone()))
+        for name in ("conv", "norm", "act")
+    ]
+    with torch.set_grad_enabled(mode != "eval_no_grad"):
+        out = layer(x)
+    torch.testing.assert_close(out, expected)
+    assert sorted(seen) == ["act", "conv", "norm"]
+    torch.testing.assert_close(seen["act"], expected)
+    for handle in handles:
+        handle.remove()
+    layer.block.conv = _StandardizedConv2d(4, 6, 3, padding=1, bias=False)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.block(x))
+
+
+def test_silu_without_gradients_reuses_the_layer_output_and_leaves_the_input_alone() -> None:
+    layer = ConvLayer(4, 4, 1, norm=False).eval()
+    x = torch.randn(2, 4, 5, 5)
+    x_before = x.clone()
+    with torch.no_grad():
+        out = layer(x)
+        torch.testing.assert_close(out, nn.functional.silu(layer.block.conv(x)))
+    torch.testing.assert_close(x, x_before, rtol=0, atol=0)
+    assert type(layer(x).grad_fn).__name__ == "SiluBackward0"  # with gradients: the module, never in place

@@ -125,6 +125,23 @@ def _batchnorm_silu(norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     return _BatchNormSiLU.apply(x, norm.weight, norm.bias, norm.running_mean, norm.running_var, momentum, norm.eps)
 
 
+def _runs_unobserved(*modules: Optional[nn.Module]) -> bool:
+    """Whether no forward or backward hook (global, or on any of ``modules``) would notice a module being skipped."""
+    global_hooks = nn.modules.module
+    if (
+        global_hooks._global_forward_hooks
+        or global_hooks._global_forward_pre_hooks
+        or global_hooks._global_backward_hooks
+        or global_hooks._global_backward_pre_hooks
+    ):
+        return False
+    return not any(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        for module in modules
+        if module is not None
+    )
+
+
 def _can_fold_batchnorm(norm: nn.Module) -> bool:
     """Whether ``norm`` (in eval mode, with running statistics) may be folded into the convolution at run time."""
     return (
@@ -159,9 +176,10 @@ class ConvLayer(nn.Module):
     instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). In training with
     gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
-    modules, about a third less activation memory for the layer). Modules replaced by other types (e.g.
-    ``SyncBatchNorm``), scripting, tracing, ``torch.export`` and ``torch.compile`` use the plain modules (as does
-    autocast for the training function).
+    modules, about a third less activation memory for the layer). Without gradients a SiLU overwrites the
+    convolution's output instead of allocating its own. Modules replaced by other types (e.g. ``SyncBatchNorm``),
+    modules with forward or backward hooks (hooks see every call), scripting, tracing, ``torch.export`` and
+    ``torch.compile`` use the plain modules (as does autocast for the training function).
 
     Args:
         in_channels: input channels :math:`C_{in}`.
@@ -217,18 +235,27 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
+        conv = block.conv
         norm = getattr(block, "norm", None)
-        if norm is None:
+        act = getattr(block, "act", None)
+        if is_recording() or not _runs_unobserved(block, conv, norm, act) or type(conv) is not nn.Conv2d:
+            # Hooks must see every module's own call, and a replaced convolution must run its own forward.
             return block(x)
-        conv, act = block.conv, getattr(block, "act", None)
-        if _can_fold_batchnorm(norm):
+        if norm is not None and _can_fold_batchnorm(norm):
             y = _conv_with_folded_batchnorm(conv, norm, x)
-            return y if act is None else act(y)
-        y = conv(x)
-        if act is not None and _can_fuse_batchnorm_silu(norm, act, y):
-            return _batchnorm_silu(norm, y)
-        y = norm(y)
-        return y if act is None else act(y)
+        else:
+            y = conv(x)
+            if norm is not None:
+                if act is not None and _can_fuse_batchnorm_silu(norm, act, y):
+                    return _batchnorm_silu(norm, y)
+                y = norm(y)
+        if act is None:
+            return y
+        if type(act) is nn.SiLU and not y.requires_grad:
+            # y is this call's own fresh buffer: reusing it skips an allocation, which for the large early maps
+            # (fresh pages from the OS) cost more than the activation itself.
+            return nn.functional.silu(y, inplace=True)
+        return act(y)
 
 
 class InvertedResidual(nn.Module):
