@@ -143,12 +143,17 @@ def _runs_unobserved(*modules: Optional[nn.Module]) -> bool:
 
 
 def _can_fold_batchnorm(norm: nn.Module) -> bool:
-    """Whether ``norm`` (in eval mode, with running statistics) may be folded into the convolution at run time."""
+    """Whether ``norm`` (in eval mode, with running statistics) may be folded into the convolution at run time.
+
+    CPU only: there the fold saves a pass over the activations; on a GPU these small models are bound by kernel
+    launches, and the fold's few small kernels cost more than the one BatchNorm kernel they replace.
+    """
     return (
         type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)  # the same computation in eval mode
         and not norm.training
         and norm.track_running_stats
         and norm.running_mean is not None
+        and norm.running_mean.device.type == "cpu"
         and not is_recording()
     )
 
@@ -172,7 +177,7 @@ class ConvLayer(nn.Module):
     Padding is ``(kernel_size - 1) // 2 * dilation`` so spatial size is kept at stride 1. The convolution has a
     bias only when ``bias=True``.
 
-    In eager eval mode the BatchNorm is folded into the convolution's weight and bias at run time (one kernel
+    In eager eval mode on CPU the BatchNorm is folded into the convolution's weight and bias at run time (one kernel
     instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). In training with
     gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
@@ -235,9 +240,8 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        conv = block.conv
-        norm = getattr(block, "norm", None)
-        act = getattr(block, "act", None)
+        modules = block._modules  # plain dict lookups: nn.Module.__getattr__ costs microseconds per call
+        conv, norm, act = modules["conv"], modules.get("norm"), modules.get("act")
         if is_recording() or not _runs_unobserved(block, conv, norm, act) or type(conv) is not nn.Conv2d:
             # Hooks must see every module's own call, and a replaced convolution must run its own forward.
             return block(x)
