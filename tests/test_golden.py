@@ -33,11 +33,11 @@ def official_classifier(name: str) -> tuple[nn.Sequential, dict]:
 
 @pytest.mark.parametrize("name", list(GOLDENS))
 @pytest.mark.parametrize("size", ["256", "250x230"])
-def test_matches_official_logits(name: str, size: str) -> None:
+def test_matches_official_logits(name: str, size: str, device: torch.device) -> None:
     model, blob = official_classifier(name)
     with torch.no_grad():
-        logits = model(blob["inputs"][f"x_{size}"].float())
-    torch.testing.assert_close(logits, blob["outputs"][f"logits_{size}"], atol=1e-4, rtol=1e-4)
+        logits = model.to(device)(blob["inputs"][f"x_{size}"].float().to(device))
+    torch.testing.assert_close(logits.cpu(), blob["outputs"][f"logits_{size}"], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(GOLDENS))

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import DEVICES
 from visionkit.contrib import ClassificationHead, MobileViT, MobileViTv2, MobileViTv3
 from visionkit.contrib.variants import build_variant
 
 FAMILIES = ("mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050")
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FAST = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Mostly small sides; now and then a large one (up to 600 px), never both large.
