@@ -64,6 +64,22 @@ _HF_V1 = {
 _TIMM_NAMES = {"mobilevit_xxs": "mobilevit_xxs", "mobilevit_xs": "mobilevit_xs", "mobilevit_s": "mobilevit_s"}
 
 
+#: ``--autocast`` choices: the dtype PyTorch implementations run under ``torch.autocast`` (``None``: float32).
+AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _under_autocast(fn: Callable[[], Any], device: torch.device, dtype: Optional[torch.dtype]) -> Callable[[], Any]:
+    """``fn`` run under ``torch.autocast(device, dtype)``; ``fn`` itself when ``dtype`` is ``None``."""
+    if dtype is None:
+        return fn
+
+    def run() -> Any:
+        with torch.autocast(device.type, dtype=dtype):
+            return fn()
+
+    return run
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -195,6 +211,8 @@ def _runners(
             return
         try:
             runner = build()
+            if not key.endswith("_onnx"):  # ONNX Runtime runs the float32 export
+                runner = _under_autocast(runner, device, AUTOCAST_DTYPES[args.autocast])
             with torch.inference_mode():
                 runner()  # warm-up (compiles / creates kernels)
                 runner()
@@ -212,7 +230,7 @@ def _runners(
         # Every variant and batch compiles the same forward methods again; without a reset dynamo's recompile
         # limit (8 per code object) refuses the later ones.
         torch.compiler.reset()
-        model = torch.compile(copy.deepcopy(fused), fullgraph=True, dynamic=False)
+        model = torch.compile(copy.deepcopy(fused), fullgraph=True, dynamic=False, mode=args.compile_mode)
         return lambda: model(x)
 
     add("vk_compiled", compiled)
@@ -310,9 +328,11 @@ def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[
         x = torch.rand(batch, 3, args.size, args.size, device=device)
 
         def step(model: nn.Module) -> Callable[[], None]:
+            forward = _under_autocast(lambda: model(x).float().mean(), device, AUTOCAST_DTYPES[args.autocast])
+
             def run() -> None:
                 model.zero_grad(set_to_none=True)
-                model(x).float().mean().backward()
+                forward().backward()
 
             return run
 
@@ -364,13 +384,26 @@ def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str]
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """Add the benchmark options to ``parser`` (a new one when ``None``)."""
     parser = parser or argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), help="variant short names")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
+    parser.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS), help="variant short names (none: no latency table)")
+    parser.add_argument("--batches", nargs="*", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--size", type=int, default=256, help="square input size (default: 256)")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per implementation (default: 15)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime rows are CPU only)")
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=list(AUTOCAST_DTYPES),
+        help="run the PyTorch implementations (inference and training) under torch.autocast with this dtype; "
+        "ONNX Runtime rows stay float32 (default: none)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode of vk_compiled; reduce-overhead replays CUDA graphs on a GPU (default: default)",
+    )
     parser.add_argument("--train-variants", nargs="*", default=["mobilevit_xxs", "mobilevitv2_050"])
     parser.add_argument("--train-batch", type=int, default=16)
     parser.add_argument("--train-rounds", type=int, default=5)
@@ -417,6 +450,12 @@ def run(args: argparse.Namespace) -> int:
     out(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
         f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     out("versions: " + ", ".join(versions))
+    precision = "float32" if args.autocast == "none" else f"torch.autocast {args.autocast} (ONNX Runtime: float32)"
+    if device.type == "cuda":
+        precision += f"; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}"
+    if "vk_compiled" in args.impls:
+        precision += f"; vk_compiled: torch.compile mode {args.compile_mode}"
+    out("precision: " + precision)
     script = os.path.basename(sys.argv[0])
     program = f"python benchmarks/{script}" if script == "benchmark.py" else "visionkit"
     out("command: " + " ".join([program, *sys.argv[1:]]))
