@@ -101,7 +101,10 @@ class _BatchNormSiLU(torch.autograd.Function):
 
 
 def _can_fuse_batchnorm_silu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -> bool:
-    """Whether :class:`_BatchNormSiLU` may replace ``act(norm(x))`` exactly (eager training, plain modules)."""
+    """Whether :class:`_BatchNormSiLU` may replace ``act(norm(x))`` exactly (eager training, plain modules).
+
+    :meth:`ConvLayer.forward` has already ruled out recording (tracing, compile, export) and hooks.
+    """
     return (
         type(norm) is nn.BatchNorm2d
         and type(act) is nn.SiLU
@@ -114,7 +117,6 @@ def _can_fuse_batchnorm_silu(norm: nn.Module, act: nn.Module, x: torch.Tensor) -
         and x.dtype in (torch.float32, torch.float64)
         and x.device.type in ("cpu", "cuda")  # devices with an autocast state to ask (not "meta")
         and not torch.is_autocast_enabled(x.device.type)
-        and not is_recording()
     )
 
 
@@ -145,8 +147,9 @@ def _runs_unobserved(*modules: Optional[nn.Module]) -> bool:
 def _can_fold_batchnorm(norm: nn.Module) -> bool:
     """Whether ``norm`` (in eval mode, with running statistics) may be folded into the convolution at run time.
 
-    CPU only: there the fold saves a pass over the activations; on a GPU these small models are bound by kernel
-    launches, and the fold's few small kernels cost more than the one BatchNorm kernel they replace.
+    :meth:`ConvLayer.forward` has already ruled out recording and hooks. CPU only: there the fold saves a pass over
+    the activations; on a GPU these small models are bound by kernel launches, and the fold's few small kernels
+    cost more than the one BatchNorm kernel they replace.
     """
     return (
         type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)  # the same computation in eval mode
@@ -154,7 +157,6 @@ def _can_fold_batchnorm(norm: nn.Module) -> bool:
         and norm.track_running_stats
         and norm.running_mean is not None
         and norm.running_mean.device.type == "cpu"
-        and not is_recording()
     )
 
 
