@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from visionkit.contrib.blocks import MobileViTBlock, MobileViTBlockV2, fold_patches, unfold_patches
+from visionkit.contrib.blocks import (
+    MobileViTBlock,
+    MobileViTBlockV2,
+    fold_patches,
+    fold_tokens,
+    unfold_patches,
+    unfold_tokens,
+)
 from visionkit.contrib.layers import InvertedResidual, make_divisible
 
 
@@ -19,6 +26,21 @@ def test_unfold_orders_like_f_unfold() -> None:
 def test_fold_inverts_unfold() -> None:
     x = torch.rand(3, 4, 10, 6)
     assert torch.equal(fold_patches(unfold_patches(x, 2), 10, 6, 2), x)
+
+
+@pytest.mark.parametrize("patch_size", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_unfold_tokens_are_the_patches_with_channels_last(patch_size: int, channels_last: bool) -> None:
+    x = torch.rand(2, 5, 3 * patch_size, 4 * patch_size)
+    reference = F.unfold(x, kernel_size=patch_size, stride=patch_size).reshape(2, 5, patch_size**2, 12)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    tokens = unfold_tokens(x, patch_size)
+    assert tokens.is_contiguous()  # reshaping to (B * P, N, C) tokens is a view
+    assert torch.equal(tokens, reference.permute(0, 2, 3, 1))
+    folded = fold_tokens(tokens, 3 * patch_size, 4 * patch_size, patch_size)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(folded, x)
 
 
 def test_tokens_of_one_sequence_share_the_pixel_offset() -> None:

@@ -53,8 +53,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv_proj(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        # (B, N, 3 * heads, head_dim) -> (B, 3 * heads, N, head_dim), then [q | k | v] along the head axis: one
+        # rank-4 transpose and a split of contiguous blocks (a rank-5 permute + unbind exports to a slower
+        # Transpose/Split/Squeeze chain in ONNX Runtime).
+        qkv = self.qkv_proj(x).reshape(batch, tokens, 3 * self.num_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=1)
         dropout_p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))

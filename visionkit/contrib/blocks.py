@@ -23,16 +23,62 @@ from torch import nn
 from .attention import LinearAttnFFN, TransformerEncoder
 from .layers import ConvLayer
 
-__all__ = ["MobileViTBlock", "MobileViTBlockV2", "fold_patches", "unfold_patches"]
+__all__ = ["MobileViTBlock", "MobileViTBlockV2", "fold_patches", "fold_tokens", "unfold_patches", "unfold_tokens"]
 
 Fusion = Literal["input", "local", "none"]
+
+
+def unfold_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Split a map into non-overlapping patches, channels last: :math:`(B, C, H, W) \\to (B, P, N, C)`.
+
+    :math:`P = p^2` indexes the pixel inside a patch and :math:`N = (H / p)(W / p)` the patch, both row-major,
+    exactly as ``F.unfold(x, p, stride=p)`` would order them. ``H`` and ``W`` must be multiples of ``p``. The
+    result is contiguous, so ``.reshape(B * P, N, C)`` gives transformer tokens without another copy.
+
+    The channels move last first (a view for a ``channels_last`` input, and a transpose that moves a single axis,
+    which ONNX Runtime has a fast kernel for, in an exported graph). The patch pixels then move ahead of the patch
+    grid in two transposes that each keep whole rows of channels together. No intermediate tensor is above rank 5.
+
+    Example:
+        >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+        >>> unfold_tokens(x, 2)[0, :, :, 0]
+        tensor([[ 0.,  2.,  8., 10.],
+                [ 1.,  3.,  9., 11.],
+                [ 4.,  6., 12., 14.],
+                [ 5.,  7., 13., 15.]])
+    """
+    batch, channels, height, width = x.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    # (B * H / p, p, W / p, p, C) -> (B * H / p, p, p, W / p, C): the pixel column moves ahead of the patch column.
+    x = x.reshape(batch * grid_h, patch_size, grid_w, patch_size, channels).permute(0, 1, 3, 2, 4)
+    # (B, H / p, P, W / p * C) -> (B, P, H / p, W / p * C): the pixel moves ahead of the patch row.
+    x = x.reshape(batch, grid_h, patch_size * patch_size, grid_w * channels).permute(0, 2, 1, 3)
+    return x.reshape(batch, patch_size * patch_size, grid_h * grid_w, channels)
+
+
+def fold_tokens(x: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Inverse of :func:`unfold_tokens`: :math:`(B, P, N, C) \\to (B, C, H, W)`.
+
+    The result is a ``channels_last`` view (the memory order of a permuted :math:`(B, H, W, C)` tensor).
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 6)
+        >>> torch.equal(fold_tokens(unfold_tokens(x, 2), 8, 6, 2), x)
+        True
+    """
+    batch, _, _, channels = x.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    x = x.reshape(batch, patch_size * patch_size, grid_h, grid_w * channels).permute(0, 2, 1, 3)
+    x = x.reshape(batch * grid_h, patch_size, patch_size, grid_w, channels).permute(0, 1, 3, 2, 4)
+    return x.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def unfold_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Split a map into non-overlapping patches: :math:`(B, C, H, W) \\to (B, C, P, N)`.
 
-    :math:`P = p^2` indexes the pixel inside a patch and :math:`N = (H / p)(W / p)` the patch, both row-major,
-    exactly as ``F.unfold(x, p, stride=p)`` would order them. ``H`` and ``W`` must be multiples of ``p``.
+    The same patches as :func:`unfold_tokens`, channels first; the result is a ``channels_last`` view, which is
+    what the 1x1 convolutions of the v2 attention read fastest.
 
     Example:
         >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
@@ -42,10 +88,7 @@ def unfold_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
                 [ 4.,  6., 12., 14.],
                 [ 5.,  7., 13., 15.]])
     """
-    batch, channels, height, width = x.shape
-    x = x.reshape(batch * channels, height // patch_size, patch_size, width // patch_size, patch_size)
-    x = x.permute(0, 2, 4, 1, 3)
-    return x.reshape(batch, channels, patch_size * patch_size, (height // patch_size) * (width // patch_size))
+    return unfold_tokens(x, patch_size).permute(0, 3, 1, 2)
 
 
 def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
@@ -56,10 +99,7 @@ def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> t
         >>> torch.equal(fold_patches(unfold_patches(x, 2), 8, 6, 2), x)
         True
     """
-    batch, channels = x.shape[:2]
-    x = x.reshape(batch * channels, patch_size, patch_size, height // patch_size, width // patch_size)
-    x = x.permute(0, 3, 1, 4, 2)
-    return x.reshape(batch, channels, height, width)
+    return fold_tokens(x.permute(0, 2, 3, 1), height, width, patch_size)
 
 
 def _always_resize(*sizes: int) -> bool:
@@ -164,12 +204,10 @@ class MobileViTBlock(nn.Module):
         height, width = local.shape[-2:]
         patches = _resize_to_multiple(local, self.patch_size, align_corners=False)
         grid_h, grid_w = patches.shape[-2:]
-        patches = unfold_patches(patches, self.patch_size)  # (B, d, P, N)
-        batch, dim, pixels, num_patches = patches.shape
-        tokens = patches.permute(0, 2, 3, 1).reshape(batch * pixels, num_patches, dim)
-        tokens = self.global_rep(tokens)
-        patches = tokens.reshape(batch, pixels, num_patches, dim).permute(0, 3, 1, 2)
-        global_map = fold_patches(patches, grid_h, grid_w, self.patch_size)
+        patches = unfold_tokens(patches, self.patch_size)  # (B, P, N, d)
+        batch, pixels, num_patches, dim = patches.shape
+        tokens = self.global_rep(patches.reshape(batch * pixels, num_patches, dim))
+        global_map = fold_tokens(tokens.reshape(batch, pixels, num_patches, dim), grid_h, grid_w, self.patch_size)
         if _always_resize(height, width) or grid_h != height or grid_w != width:
             global_map = F.interpolate(global_map, size=(height, width), mode="bilinear", align_corners=False)
         projected = self.conv_proj(global_map)
