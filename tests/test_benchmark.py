@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from visionkit.contrib import benchmark
 
@@ -37,3 +39,23 @@ def test_unknown_variant_or_autocast_is_refused_before_anything_runs() -> None:
         benchmark.main(["--variants", "mobilevit_xxl"])
     with pytest.raises(SystemExit):
         benchmark.main(["--autocast", "int8"])
+
+
+def test_short_calls_are_repeated_within_a_round() -> None:
+    assert benchmark.calls_per_round(0.012, 0.1) == 9
+    assert benchmark.calls_per_round(0.25, 0.1) == 1
+    with pytest.raises(ValueError, match="positive"):
+        benchmark.calls_per_round(0.0, 0.1)
+    counts = {"fast": 0, "slow": 0}
+
+    def fast() -> None:
+        counts["fast"] += 1
+
+    def slow() -> None:
+        counts["slow"] += 1
+        time.sleep(0.03)
+
+    medians = benchmark._time_rounds({"fast": fast, "slow": slow}, 3, torch.device("cpu"), min_round_seconds=0.05)
+    assert counts["slow"] == 1 + 3 * 2  # calibration call, then two calls (>= 50 ms) in each of the three rounds
+    assert counts["fast"] > 1 + 3 * 100  # microsecond calls fill 50 ms with many repeats
+    assert 0.03 <= medians["slow"] < 0.06 and medians["fast"] < 0.001

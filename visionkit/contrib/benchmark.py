@@ -1,10 +1,11 @@
 """Latency and memory benchmark: visionkit against Hugging Face transformers, kornia and timm (``visionkit benchmark``).
 
 Everything runs in one process. For each variant and batch size every implementation is built, warmed up
-(``torch.compile`` compiles and ONNX models are exported then), and timed round by round, one call of each
-implementation per round in a rotating order, so that load from other processes hits all of them alike. The
-table reports medians and ratios to transformers measured in the same run. It is a script, not a test: it asserts
-nothing about speed.
+(``torch.compile`` compiles and ONNX models are exported then), and timed round by round, every implementation
+once per round in a rotating order, so that load from other processes hits all of them alike. Within its turn an
+implementation runs back-to-back calls filling at least ``--min-round-ms`` (a count fixed before the rounds), and
+the sample is the turn's time per call. The table reports medians and ratios to transformers measured in the same
+run. It is a script, not a test: it asserts nothing about speed.
 
 Implementations (``--impls``):
 
@@ -28,6 +29,7 @@ import contextlib
 import copy
 import io
 import logging
+import math
 import os
 import platform
 import statistics
@@ -41,7 +43,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_VARIANTS", "IMPLEMENTATIONS", "main", "peak_memory", "register"]
+__all__ = ["DEFAULT_VARIANTS", "IMPLEMENTATIONS", "calls_per_round", "main", "peak_memory", "register"]
 
 #: Variants measured by default (short names of :data:`visionkit.contrib.variants.VARIANTS`).
 DEFAULT_VARIANTS = (
@@ -265,19 +267,46 @@ def _runners(
     return runners, skipped
 
 
-def _time_rounds(runners: dict[str, Callable[[], Any]], rounds: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call; one call of each implementation per round, order rotated every round."""
+def calls_per_round(seconds_per_call: float, min_round_seconds: float) -> int:
+    """How many back-to-back calls fill ``min_round_seconds`` (at least one).
+
+    Example:
+        >>> calls_per_round(0.012, 0.1), calls_per_round(0.3, 0.1), calls_per_round(0.01, 0.0)
+        (9, 1, 1)
+    """
+    if seconds_per_call <= 0:
+        raise ValueError(f"seconds_per_call must be positive, got {seconds_per_call}")
+    return max(1, math.ceil(min_round_seconds / seconds_per_call))
+
+
+def _time_rounds(
+    runners: dict[str, Callable[[], Any]], rounds: int, device: torch.device, min_round_seconds: float = 0.0
+) -> dict[str, float]:
+    """Median seconds per call over ``rounds`` rounds, the order rotated every round.
+
+    In each round an implementation runs as many back-to-back calls as fill ``min_round_seconds`` (the count is
+    fixed per implementation from one timed call before the rounds), so that one call of a few milliseconds is
+    not the whole sample; the sample is the round's time divided by the calls.
+    """
     keys = list(runners)
     samples: dict[str, list[float]] = {k: [] for k in keys}
+    calls: dict[str, int] = {}
     with torch.inference_mode():
+        for key in keys:
+            _sync(device)
+            start = time.perf_counter()
+            runners[key]()
+            _sync(device)
+            calls[key] = calls_per_round(max(time.perf_counter() - start, 1e-6), min_round_seconds)
         for r in range(rounds):
             order = keys[r % len(keys) :] + keys[: r % len(keys)]
             for key in order:
                 _sync(device)
                 start = time.perf_counter()
-                runners[key]()
+                for _ in range(calls[key]):
+                    runners[key]()
                 _sync(device)
-                samples[key].append(time.perf_counter() - start)
+                samples[key].append((time.perf_counter() - start) / calls[key])
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -291,7 +320,10 @@ def _fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
 
 def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
     cols = [k for k in IMPLEMENTATIONS if k in args.impls]
-    out(f"\n## Inference latency, {args.size}x{args.size}, median ms over {args.rounds} interleaved rounds")
+    out(
+        f"\n## Inference latency, {args.size}x{args.size}, median ms per call over {args.rounds} interleaved rounds"
+        f" (each round: at least {args.min_round_ms:g} ms of back-to-back calls per implementation)"
+    )
     out("ratios: eager/hf_eager, fused/hf_eager, compiled/hf_eager, vk_onnx/hf_onnx")
     header = f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols)
     header += f" {'eager/hf':>9s} {'fused/hf':>9s} {'comp/hf':>9s} {'onnx/hf':>9s}"
@@ -301,7 +333,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
                 runners, skipped = _runners(name, batch, args, device, tmp)
-                medians = _time_rounds(runners, args.rounds, device)
+                medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000)
             for key, why in skipped.items():
                 notes.setdefault(f"{key}: {why}", name)
             m = {k: medians.get(k) for k in cols}
@@ -388,6 +420,13 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--size", type=int, default=256, help="square input size (default: 256)")
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds per implementation (default: 15)")
+    parser.add_argument(
+        "--min-round-ms",
+        type=float,
+        default=100.0,
+        help="per round, repeat each implementation's call until this many ms are filled (the count is fixed "
+        "before the rounds; default: 100)",
+    )
     parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime rows are CPU only)")
