@@ -43,6 +43,14 @@ def test_unfold_tokens_are_the_patches_with_channels_last(patch_size: int, chann
     assert torch.equal(folded, x)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 2), (2, 3, 2, 6), (1, 3, 2, 2)], ids=["one-column", "one-row", "one-patch"])
+def test_unfold_tokens_is_contiguous_on_degenerate_grids(shape: tuple[int, ...]) -> None:
+    x = torch.rand(*shape)
+    tokens = unfold_tokens(x, 2)
+    assert tokens.is_contiguous()
+    assert torch.equal(tokens, unfold_patches(x, 2).permute(0, 2, 3, 1))
+
+
 def test_tokens_of_one_sequence_share_the_pixel_offset() -> None:
     # Sequence p holds, for every patch, the pixel at offset p = (dy, dx) inside the 2x2 patch (row-major).
     height, width = 4, 6

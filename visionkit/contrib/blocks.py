@@ -54,7 +54,8 @@ def unfold_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     x = x.reshape(batch * grid_h, patch_size, grid_w, patch_size, channels).permute(0, 1, 3, 2, 4)
     # (B, H / p, P, W / p * C) -> (B, P, H / p, W / p * C): the pixel moves ahead of the patch row.
     x = x.reshape(batch, grid_h, patch_size * patch_size, grid_w * channels).permute(0, 2, 1, 3)
-    return x.reshape(batch, patch_size * patch_size, grid_h * grid_w, channels)
+    # Already contiguous unless the grid is degenerate (one patch per row, for example), where a view remains.
+    return x.reshape(batch, patch_size * patch_size, grid_h * grid_w, channels).contiguous()
 
 
 def fold_tokens(x: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
