@@ -126,6 +126,32 @@ def test_eval_folds_batchnorm_at_run_time_on_cpu_with_the_same_output(name, devi
     assert "aten::batch_norm" in str(graph)
 
 
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("conv_bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_run_time_fold_matches_the_modules_with_and_without_affine_and_bias(affine, conv_bias, dtype) -> None:
+    torch.manual_seed(0)
+    layer = ConvLayer(4, 6, 3, stride=2, bias=conv_bias)
+    layer.block.norm = nn.BatchNorm2d(6, affine=affine)
+    layer = layer.to(dtype).eval()
+    with torch.no_grad():
+        for name, tensor in layer.named_parameters():
+            tensor.uniform_(-1.0, 1.0) if "weight" in name and "norm" not in name else tensor.uniform_(0.5, 1.5)
+        layer.block.norm.running_mean.uniform_(-0.5, 0.5)
+        layer.block.norm.running_var.uniform_(0.5, 2.0)
+        x = torch.rand(2, 4, 9, 8, dtype=dtype)
+        calls = []
+        folded = layers._conv_with_folded_batchnorm
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(layers, "_conv_with_folded_batchnorm", lambda *args: calls.append(1) or folded(*args))
+            out = layer(x)
+        assert calls == [1]
+        expected = layer.block(x)  # conv, BatchNorm and SiLU modules one after another
+    assert out.dtype == dtype
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
 class _StandardizedConv2d(nn.Conv2d):
     """A replaced convolution whose own forward must run (weight standardisation)."""
 
