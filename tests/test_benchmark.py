@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -59,3 +61,42 @@ def test_short_calls_are_repeated_within_a_round() -> None:
     assert counts["slow"] == 1 + 3 * 2  # calibration call, then two calls (>= 50 ms) in each of the three rounds
     assert counts["fast"] > 1 + 3 * 100  # microsecond calls fill 50 ms with many repeats
     assert 0.03 <= medians["slow"] < 0.06 and medians["fast"] < 0.001
+
+
+def test_page_faults_per_call_are_counted_per_implementation() -> None:
+    def fresh_pages() -> None:
+        torch.ones(16 << 20)  # 64 MiB, above glibc's largest mmap threshold: new pages on every call
+
+    def nothing() -> None:
+        pass
+
+    faults: dict[str, float] = {}
+    benchmark._time_rounds({"fresh": fresh_pages, "nothing": nothing}, 3, torch.device("cpu"), 0.0, faults)
+    assert faults["fresh"] >= 32  # at least one fault per 2 MiB even with transparent huge pages
+    assert faults["nothing"] < 1
+
+
+def test_heap_retain_is_reported_in_the_header(tmp_path: Path) -> None:
+    # mallopt changes the allocator of the whole process, so the run gets its own
+    report = tmp_path / "report.txt"
+    argv = ["--heap", "retain", "--variants", "mobilevit_xxs", "--batches", "1", "--rounds", "1", "--size", "64",
+            "--impls", "vk_eager", "--train-variants", "--highres-variants", "-o", str(report)]
+    done = subprocess.run([sys.executable, "-m", "visionkit", "benchmark", *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = report.read_text()
+    assert "heap: retain freed memory (mallopt M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1024 MiB)" in text
+    assert re.search(r"^minor page faults per call", text, re.MULTILINE)
+    assert re.search(r"^mobilevit_xxs\s+1\s+\d+$", text, re.MULTILINE), text
+
+
+def test_heap_retain_fails_clearly_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Refusing:
+        def mallopt(self, param: int, value: int) -> int:
+            return 0
+
+    monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: Refusing())
+    with pytest.raises(RuntimeError, match=r"glibc refused mallopt\(M_MMAP_THRESHOLD, 33554432\)"):
+        benchmark.retain_freed_memory()
+    monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: object())  # e.g. musl or macOS: no mallopt
+    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+        benchmark.retain_freed_memory()

@@ -18,6 +18,13 @@ Implementations (``--impls``):
 * ``kornia``: ``kornia.models.vit_mobile.MobileViT`` (v1 only; a different, smaller architecture, shown for
   reference); ``timm``: ``timm.create_model(..., features_only=True)`` when timm can be imported.
 
+Batch-1 latencies on CPU depend on the C allocator as much as on the model. With glibc's defaults, memory freed at
+the end of a call can go back to the operating system, and the next call pays a page fault for every 4 KiB it
+touches again; how often that happens depends on what the process allocated before (the same model measured
+17.7 or 13.1 ms per call). The table therefore lists minor page faults per call, and ``--heap retain`` asks glibc
+(``mallopt``) to keep freed memory in the process, as jemalloc and tcmalloc do, so that the rows compare the
+models rather than the page-fault path.
+
 Run ``python benchmarks/benchmark.py --help`` (or ``visionkit benchmark --help``) for the options;
 ``--quick`` measures one variant for a few rounds.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import io
 import logging
 import math
@@ -43,7 +51,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_VARIANTS", "IMPLEMENTATIONS", "calls_per_round", "main", "peak_memory", "register"]
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "IMPLEMENTATIONS",
+    "RETAIN_HEAP_SETTINGS",
+    "calls_per_round",
+    "main",
+    "peak_memory",
+    "register",
+    "retain_freed_memory",
+]
 
 #: Variants measured by default (short names of :data:`visionkit.contrib.variants.VARIANTS`).
 DEFAULT_VARIANTS = (
@@ -96,6 +113,41 @@ def _cpu_model() -> str:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: ``--heap retain``: glibc ``mallopt`` parameters (M_MMAP_THRESHOLD is -3, M_TRIM_THRESHOLD is -1) and values.
+#: Blocks below 32 MiB (glibc's largest allowed mmap threshold) come from the heap, and up to 1 GiB of freed heap
+#: stays in the process instead of being returned to the operating system.
+RETAIN_HEAP_SETTINGS = {"M_MMAP_THRESHOLD": (-3, 32 << 20), "M_TRIM_THRESHOLD": (-1, 1 << 30)}
+
+
+def retain_freed_memory() -> str:
+    """Ask glibc to keep freed memory in the process (the ``--heap retain`` option); returns a description.
+
+    This changes the whole process's allocator, which is why only the benchmark does it, and only when asked.
+    Outside the benchmark the same effect comes from the environment, e.g.
+    ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``, or from preloading jemalloc or tcmalloc.
+
+    Raises:
+        RuntimeError: the C library is not glibc (no ``mallopt``) or refused a setting.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError) as error:
+        raise RuntimeError(f"--heap retain needs glibc's mallopt, which this C library lacks ({error})") from None
+    for name, (param, value) in RETAIN_HEAP_SETTINGS.items():
+        if mallopt(param, value) != 1:
+            raise RuntimeError(f"glibc refused mallopt({name}, {value})")
+    return ", ".join(f"{name} {value >> 20} MiB" for name, (_, value) in RETAIN_HEAP_SETTINGS.items())
+
+
+def _minor_faults() -> Optional[int]:
+    """Minor page faults of this process so far (``None`` where ``resource`` is missing, e.g. on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def peak_memory(fn: Callable[[], Any], device: torch.device) -> int:
@@ -280,16 +332,22 @@ def calls_per_round(seconds_per_call: float, min_round_seconds: float) -> int:
 
 
 def _time_rounds(
-    runners: dict[str, Callable[[], Any]], rounds: int, device: torch.device, min_round_seconds: float = 0.0
+    runners: dict[str, Callable[[], Any]],
+    rounds: int,
+    device: torch.device,
+    min_round_seconds: float = 0.0,
+    faults: Optional[dict[str, float]] = None,
 ) -> dict[str, float]:
     """Median seconds per call over ``rounds`` rounds, the order rotated every round.
 
     In each round an implementation runs as many back-to-back calls as fill ``min_round_seconds`` (the count is
     fixed per implementation from one timed call before the rounds), so that one call of a few milliseconds is
-    not the whole sample; the sample is the round's time divided by the calls.
+    not the whole sample; the sample is the round's time divided by the calls. When ``faults`` is a dict it
+    receives, per implementation, the median minor page faults per call (where the platform counts them).
     """
     keys = list(runners)
     samples: dict[str, list[float]] = {k: [] for k in keys}
+    fault_samples: dict[str, list[float]] = {k: [] for k in keys}
     calls: dict[str, int] = {}
     with torch.inference_mode():
         for key in keys:
@@ -302,11 +360,17 @@ def _time_rounds(
             order = keys[r % len(keys) :] + keys[: r % len(keys)]
             for key in order:
                 _sync(device)
+                faults_before = _minor_faults()
                 start = time.perf_counter()
                 for _ in range(calls[key]):
                     runners[key]()
                 _sync(device)
                 samples[key].append((time.perf_counter() - start) / calls[key])
+                faults_after = _minor_faults()
+                if faults_before is not None and faults_after is not None:
+                    fault_samples[key].append((faults_after - faults_before) / calls[key])
+    if faults is not None:
+        faults.update({k: statistics.median(v) for k, v in fault_samples.items() if v})
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -329,11 +393,14 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
     header += f" {'eager/hf':>9s} {'fused/hf':>9s} {'comp/hf':>9s} {'onnx/hf':>9s}"
     out(header)
     notes: dict[str, str] = {}
+    fault_rows: list[tuple[str, int, dict[str, float]]] = []
     for name in args.variants:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
                 runners, skipped = _runners(name, batch, args, device, tmp)
-                medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000)
+                faults: dict[str, float] = {}
+                medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults)
+            fault_rows.append((name, batch, faults))
             for key, why in skipped.items():
                 notes.setdefault(f"{key}: {why}", name)
             m = {k: medians.get(k) for k in cols}
@@ -345,6 +412,12 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
             del runners
     for note, first in notes.items():
         out(f"  not measured: {note} (first seen at {first})")
+    if any(faults for _, _, faults in fault_rows):
+        out("\nminor page faults per call (median over the rounds: pages the OS had to map on first touch)")
+        out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols))
+        for name, batch, faults in fault_rows:
+            cells = ("-" if faults.get(c) is None else f"{faults[c]:.0f}" for c in cols)
+            out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>11s}" for cell in cells))
 
 
 def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
@@ -427,6 +500,14 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         help="per round, repeat each implementation's call until this many ms are filled (the count is fixed "
         "before the rounds; default: 100)",
     )
+    parser.add_argument(
+        "--heap",
+        default="system",
+        choices=["system", "retain"],
+        help="system: the C allocator as configured (glibc returns freed memory to the OS, so calls can pay page "
+        "faults); retain: mallopt keeps freed memory in the process, as jemalloc/tcmalloc do (glibc only; "
+        "default: system)",
+    )
     parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime rows are CPU only)")
@@ -470,6 +551,9 @@ def run(args: argparse.Namespace) -> int:
         args.train_variants, args.train_rounds = ["mobilevit_xxs"], 2
     for name in [*args.variants, *args.train_variants, *args.highres_variants]:
         get_variant(name)  # a clear error for a misspelt name, before anything runs
+    heap = "as configured (glibc defaults unless the environment sets MALLOC_* or preloads another allocator)"
+    if args.heap == "retain":
+        heap = "retain freed memory (mallopt " + retain_freed_memory() + ")"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     lines: list[str] = []
@@ -495,6 +579,7 @@ def run(args: argparse.Namespace) -> int:
     if "vk_compiled" in args.impls:
         precision += f"; vk_compiled: torch.compile mode {args.compile_mode}"
     out("precision: " + precision)
+    out("heap: " + heap)
     script = os.path.basename(sys.argv[0])
     program = f"python benchmarks/{script}" if script == "benchmark.py" else "visionkit"
     out("command: " + " ".join([program, *sys.argv[1:]]))
