@@ -18,12 +18,12 @@ Implementations (``--impls``):
 * ``kornia``: ``kornia.models.vit_mobile.MobileViT`` (v1 only; a different, smaller architecture, shown for
   reference); ``timm``: ``timm.create_model(..., features_only=True)`` when timm can be imported.
 
-Batch-1 latencies on CPU depend on the C allocator as much as on the model. With glibc's defaults, memory freed at
-the end of a call can go back to the operating system, and the next call pays a page fault for every 4 KiB it
-touches again; how often that happens depends on what the process allocated before (the same model measured
-17.7 or 13.1 ms per call). The table therefore lists minor page faults per call, and ``--heap retain`` asks glibc
-(``mallopt``) to keep freed memory in the process, as jemalloc and tcmalloc do, so that the rows compare the
-models rather than the page-fault path.
+CPU latencies depend on the C allocator as well as on the model. With glibc's defaults, memory freed at the end
+of a call can go back to the operating system, and the next call pays a minor page fault for every 4 KiB page it
+touches again (``benchmarks/allocator_page_faults.py`` shows thousands of faults and several milliseconds of kernel
+time per batch-1 call of transformers' model). The table therefore lists minor page faults per call, and
+``--heap retain`` asks glibc (``mallopt``) to keep freed memory in the process, as jemalloc and tcmalloc do, so
+that the rows can also be compared without the page-fault path.
 
 Run ``python benchmarks/benchmark.py --help`` (or ``visionkit benchmark --help``) for the options;
 ``--quick`` measures one variant for a few rounds.
@@ -524,11 +524,23 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode of vk_compiled; reduce-overhead replays CUDA graphs on a GPU (default: default)",
     )
-    parser.add_argument("--train-variants", nargs="*", default=["mobilevit_xxs", "mobilevitv2_050"])
-    parser.add_argument("--train-batch", type=int, default=16)
-    parser.add_argument("--train-rounds", type=int, default=5)
-    parser.add_argument("--highres", type=int, nargs=2, default=(1080, 1920), metavar=("H", "W"))
-    parser.add_argument("--highres-variants", nargs="*", default=["mobilevit_xxs"])
+    parser.add_argument(
+        "--train-variants",
+        nargs="*",
+        default=["mobilevit_xxs", "mobilevitv2_050"],
+        help="variants timed for one training step (default: mobilevit_xxs mobilevitv2_050; none: skip)",
+    )
+    parser.add_argument("--train-batch", type=int, default=16, help="training-step batch size (default: 16)")
+    parser.add_argument("--train-rounds", type=int, default=5, help="timed training steps (default: 5)")
+    parser.add_argument(
+        "--highres", type=int, nargs=2, default=(1080, 1920), metavar=("H", "W"), help="high-resolution frame size"
+    )
+    parser.add_argument(
+        "--highres-variants",
+        nargs="*",
+        default=["mobilevit_xxs"],
+        help="variants run on one high-resolution frame (default: mobilevit_xxs; none: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="mobilevit_xxs only, 3 rounds, no compile")
     parser.add_argument("-o", "--output", default=None, help="also write the report to this file")
     return parser
