@@ -100,3 +100,29 @@ def test_heap_retain_fails_clearly_without_glibc(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: object())  # e.g. musl or macOS: no mallopt
     with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
         benchmark.retain_freed_memory()
+
+
+def _allocator_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "allocator_page_faults.py"
+    spec = importlib.util.spec_from_file_location("allocator_page_faults", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_allocator_script_runs_each_setting_in_a_child_with_its_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _allocator_script()
+    # One setting keeps the test short; the script itself checks that the child saw exactly that environment.
+    monkeypatch.setattr(script, "SETTINGS", {"trim alone": {"MALLOC_TRIM_THRESHOLD_": str(1 << 30)}})
+    script.main(["--size", "64", "--rounds", "1", "--calls", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.split()[-4:-3] in (["visionkit"], ["transformers"])]
+    assert [row[-4] for row in rows] == ["visionkit", "transformers"], lines
+    for row in rows:
+        milliseconds, faults, kernel_ms = (float(value) for value in row[-3:])
+        assert milliseconds > 0 and faults >= 0 and kernel_ms >= 0
+
