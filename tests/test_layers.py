@@ -152,6 +152,86 @@ def test_run_time_fold_matches_the_modules_with_and_without_affine_and_bias(affi
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
 
+def _random_eval_layer(dtype: torch.dtype = torch.float32) -> ConvLayer:
+    torch.manual_seed(0)
+    layer = ConvLayer(4, 6, 3, bias=True).to(dtype).eval()
+    with torch.no_grad():
+        for tensor in (*layer.parameters(), layer.block.norm.running_mean):
+            tensor.uniform_(-1.0, 1.0)
+        layer.block.norm.running_var.uniform_(0.5, 2.0)
+    return layer
+
+
+def _expected(layer: ConvLayer, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return layer.block(x)  # the plain modules, one after another
+
+
+def test_inference_reuses_the_folded_weights_until_an_input_of_the_fold_changes(monkeypatch) -> None:
+    layer = _random_eval_layer()
+    x = torch.rand(2, 4, 7, 6)
+    folds = []
+    fold = layers._folded_weight_and_bias
+    monkeypatch.setattr(layers, "_folded_weight_and_bias", lambda *args: folds.append(1) or fold(*args))
+
+    def check(expected_folds: int) -> None:
+        with torch.no_grad():
+            out = layer(x)
+        torch.testing.assert_close(out, _expected(layer, x), rtol=1e-5, atol=1e-5)
+        assert len(folds) == expected_folds
+
+    with torch.inference_mode():  # folded in inference mode, reused without it
+        first = layer(x)
+    assert len(folds) == 1
+    check(1)
+    with torch.no_grad():
+        assert torch.equal(layer(x), first)  # the cached weights give bit-identical outputs
+    norm, conv = layer.block.norm, layer.block.conv
+    with torch.no_grad():
+        norm.running_var.mul_(2.0)  # in place: a new version
+    check(2)
+    layer.load_state_dict({key: value + 0.1 for key, value in layer.state_dict().items()})
+    check(3)
+    conv.weight = nn.Parameter(torch.rand_like(conv.weight))  # a new object
+    check(4)
+    conv.bias.data = torch.rand_like(conv.bias)  # same object, new storage
+    check(5)
+    norm.eps = 0.5
+    check(6)
+    check(6)
+    layer.double()
+    x = x.double()
+    check(7)
+    layer.train()
+    assert layer._folded_cache is None  # training drops the copy
+    layer.eval()
+    check(8)
+
+
+def test_with_gradients_the_fold_is_recomputed_and_trains_the_batchnorm() -> None:
+    layer = _random_eval_layer()
+    x = torch.rand(2, 4, 7, 6)
+    with torch.no_grad():
+        layer(x)
+    cached = layer._folded_cache
+    out = layer(x)
+    out.sum().backward()
+    assert layer._folded_cache is cached  # neither used nor replaced
+    assert layer.block.norm.weight.grad is not None and layer.block.norm.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), _expected(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_tensors_are_folded_on_every_call_without_a_cache() -> None:
+    with torch.inference_mode():
+        layer = _random_eval_layer()  # parameters and buffers are inference tensors: no version counters
+        x = torch.rand(2, 4, 7, 6)
+        out = layer(x)
+        assert layer._folded_cache is None
+        layer.block.norm.running_mean.add_(0.5)
+        torch.testing.assert_close(layer(x), layer.block(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(out, layer(x))
+
+
 class _StandardizedConv2d(nn.Conv2d):
     """A replaced convolution whose own forward must run (weight standardisation)."""
 
@@ -192,3 +272,22 @@ def test_silu_without_gradients_reuses_the_layer_output_and_leaves_the_input_alo
         torch.testing.assert_close(out, nn.functional.silu(layer.block.conv(x)))
     torch.testing.assert_close(x, x_before, rtol=0, atol=0)
     assert type(layer(x).grad_fn).__name__ == "SiluBackward0"  # with gradients: the module, never in place
+
+
+def test_pickles_and_copies_leave_the_folded_weights_out_and_still_fold() -> None:
+    import io
+
+    layer = _random_eval_layer()
+    x = torch.rand(2, 4, 7, 6)
+    with torch.no_grad():
+        expected = layer(x)
+    assert layer._folded_cache is not None
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for clone in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        assert clone._folded_cache is None
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)
+        assert clone._folded_cache is not None
+        assert clone._folded_cache.inputs[0] is clone.block.conv.weight

@@ -155,16 +155,16 @@ def _can_fold_batchnorm(norm: nn.Module) -> bool:
         type(norm) in (nn.BatchNorm2d, nn.SyncBatchNorm)  # the same computation in eval mode
         and not norm.training
         and norm.track_running_stats
-        and norm.running_mean is not None
-        and norm.running_mean.device.type == "cpu"
+        and (running_mean := norm._buffers.get("running_mean")) is not None
+        and running_mean.device.type == "cpu"
     )
 
 
-def _conv_with_folded_batchnorm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(x))`` in eval mode as one convolution whose weight and bias absorb the BatchNorm.
+def _folded_weight_and_bias(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of one convolution equal to ``norm(conv(x))`` in eval mode.
 
-    Five small kernels per call (``addcmul`` folds the shift in one): on batch-1 inputs their dispatch is a
-    measurable share of the layer, so the fold keeps the count low.
+    Five small kernels (``addcmul`` folds the shift in one): on batch-1 inputs their dispatch is a measurable share of
+    the layer, so the fold keeps the count low.
     """
     scale = torch.rsqrt(norm.running_var + norm.eps)
     if norm.weight is not None:
@@ -177,7 +177,83 @@ def _conv_with_folded_batchnorm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tenso
     weight = conv.weight
     if scale.dtype != weight.dtype:  # float32 statistics of a float64 or half convolution
         scale, shift = scale.to(weight.dtype), shift.to(weight.dtype)
-    return conv._conv_forward(x, weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift)
+    return weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift
+
+
+def _fold_inputs(conv: nn.Conv2d, norm: nn.Module) -> tuple[Optional[torch.Tensor], ...]:
+    # The modules' own dicts: nn.Module.__getattr__ costs about a microsecond per parameter or buffer. Both modules
+    # are of the plain types (checked by the caller), so nothing is a property.
+    conv_params, norm_params, norm_buffers = conv._parameters, norm._parameters, norm._buffers
+    return (
+        conv_params["weight"],
+        conv_params.get("bias"),
+        norm_params.get("weight"),
+        norm_params.get("bias"),
+        norm_buffers.get("running_mean"),
+        norm_buffers.get("running_var"),
+    )
+
+
+def _fold_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
+    """Version counter and storage address of each tensor: any in-place change, ``.data`` swap or move changes it.
+
+    ``None`` when a tensor has no version counter (an inference tensor), so that nothing is cached.
+    """
+    stamp = []
+    for tensor in tensors:
+        if tensor is None:
+            stamp.append(None)
+        elif tensor.is_inference():
+            return None
+        else:
+            stamp.append((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device))
+    return tuple(stamp)
+
+
+class _FoldedBatchNormCache:
+    """The last folded weight and bias of a :class:`ConvLayer`, with what they were computed from.
+
+    An entry is reused only when the convolution and BatchNorm hold the very same tensor objects, each with the same
+    version counter, storage, dtype and device, and the same ``eps``. It keeps references to those tensors, so an
+    object id cannot be recycled while the entry lives.
+    """
+
+    __slots__ = ("inputs", "stamp", "eps", "weight", "bias")
+
+    def __init__(self, inputs: tuple, stamp: tuple, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        self.inputs, self.stamp, self.eps, self.weight, self.bias = inputs, stamp, eps, weight, bias
+
+    def matches(self, inputs: tuple, stamp: Optional[tuple], eps: float) -> bool:
+        return (
+            stamp is not None
+            and self.eps == eps
+            and all(mine is theirs for mine, theirs in zip(self.inputs, inputs))
+            and self.stamp == stamp
+        )
+
+
+def _conv_with_folded_batchnorm(
+    conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, owner: Optional["ConvLayer"] = None
+) -> torch.Tensor:
+    """``norm(conv(x))`` in eval mode as one convolution whose weight and bias absorb the BatchNorm.
+
+    Without gradients, ``owner`` (the calling :class:`ConvLayer`) keeps the folded weight and bias until one of
+    their inputs changes, so repeated inference calls skip the fold. With gradients the fold is recomputed on every
+    call and stays part of the autograd graph.
+    """
+    if owner is None or torch.is_grad_enabled():
+        weight, bias = _folded_weight_and_bias(conv, norm)
+        return conv._conv_forward(x, weight, bias)
+    inputs = _fold_inputs(conv, norm)
+    stamp = _fold_stamp(inputs)
+    cache = owner._folded_cache
+    if cache is None or not cache.matches(inputs, stamp, norm.eps):
+        weight, bias = _folded_weight_and_bias(conv, norm)
+        cache = _FoldedBatchNormCache(inputs, stamp, norm.eps, weight, bias) if stamp is not None else None
+        owner._folded_cache = cache
+        if cache is None:
+            return conv._conv_forward(x, weight, bias)
+    return conv._conv_forward(x, cache.weight, cache.bias)
 
 
 class ConvLayer(nn.Module):
@@ -187,7 +263,11 @@ class ConvLayer(nn.Module):
     bias only when ``bias=True``.
 
     In eager eval mode on CPU the BatchNorm is folded into the convolution's weight and bias at run time (one kernel
-    instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). In training with
+    instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). Without gradients the
+    layer keeps the folded weight and bias (one extra copy of the convolution's parameters) and reuses them until
+    one of their inputs changes: an in-place update, a new parameter or buffer, ``eps``, or a move to another
+    dtype or device. With gradients the fold is recomputed on each call, so it trains the BatchNorm's affine
+    parameters. ``train()`` drops the copy, and pickles and deep copies leave it out. In training with
     gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
     modules, about a third less activation memory for the layer). Without gradients a SiLU overwrites the
@@ -246,6 +326,22 @@ class ConvLayer(nn.Module):
         if act_layer is not None:
             layers["act"] = act_layer()
         self.block = nn.Sequential(layers)
+        self._folded_cache: Optional[_FoldedBatchNormCache] = None
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__().copy()
+        state["_folded_cache"] = None  # pickles and deep copies carry the parameters, not a copy derived from them
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_folded_cache", None)  # modules pickled before the cache existed
+        super().__setstate__(state)
+
+    def train(self, mode: bool = True) -> "ConvLayer":
+        """Set training mode (see :meth:`torch.nn.Module.train`); leaving eval mode drops the folded weights."""
+        if mode:
+            self._folded_cache = None
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
@@ -255,7 +351,7 @@ class ConvLayer(nn.Module):
             # Hooks must see every module's own call, and a replaced convolution must run its own forward.
             return block(x)
         if norm is not None and _can_fold_batchnorm(norm):
-            y = _conv_with_folded_batchnorm(conv, norm, x)
+            y = _conv_with_folded_batchnorm(conv, norm, x, self)
         else:
             y = conv(x)
             if norm is not None:
