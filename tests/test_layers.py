@@ -291,3 +291,62 @@ def test_pickles_and_copies_leave_the_folded_weights_out_and_still_fold() -> Non
             torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)
         assert clone._folded_cache is not None
         assert clone._folded_cache.inputs[0] is clone.block.conv.weight
+
+
+@pytest.mark.parametrize(
+    ("norm", "kernel_size", "stride", "dilation", "depthwise"),
+    [(True, 3, 1, 1, False), (True, 3, 2, 1, True), (False, 1, 1, 1, False), (True, 3, 1, 2, True)],
+)
+def test_inference_on_channels_last_float32_uses_a_packed_weight_for_every_size(
+    norm, kernel_size, stride, dilation, depthwise
+) -> None:
+    torch.manual_seed(0)
+    layer = ConvLayer(8, 8, kernel_size, stride=stride, dilation=dilation, groups=8 if depthwise else 1, norm=norm)
+    layer = _randomize(layer).eval()
+    with torch.no_grad():
+        for shape in [(1, 8, 16, 16), (3, 8, 16, 16), (2, 8, 25, 23), (1, 8, 1, 1)]:
+            x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+            out = layer(x)
+            # the first call packs the weight for its size; later sizes reuse it
+            assert layer._folded_cache is not None and layer._folded_cache.packed is not None
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(out, layer.block(x), rtol=1e-5, atol=1e-5)
+
+
+def _randomize(layer: ConvLayer) -> ConvLayer:
+    with torch.no_grad():
+        for tensor in layer.parameters():
+            tensor.uniform_(-1.0, 1.0)
+        if "norm" in layer.block._modules:
+            layer.block.norm.running_mean.uniform_(-0.5, 0.5)
+            layer.block.norm.running_var.uniform_(0.5, 2.0)
+    return layer
+
+
+def test_packed_weight_follows_changes_and_steps_aside_where_it_does_not_apply() -> None:
+    torch.manual_seed(0)
+    layer = _randomize(ConvLayer(8, 8, 3, norm=False)).eval()  # a fused layer: no BatchNorm
+    x = torch.rand(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        layer(x)
+        first = layer._folded_cache.packed
+        layer.block.conv.weight.mul_(-1.0)
+        torch.testing.assert_close(layer(x), layer.block(x), rtol=1e-5, atol=1e-5)
+        assert layer._folded_cache.packed is not first  # repacked after the in-place change
+        # contiguous (NCHW) input: the plain convolution, and an NCHW output as F.conv2d gives
+        layer._folded_cache = None
+        nchw = x.contiguous()
+        out = layer(nchw)
+        assert out.is_contiguous() and layer._folded_cache.packed is None
+        torch.testing.assert_close(out, layer.block(nchw), rtol=1e-5, atol=1e-5)
+        with torch.backends.mkldnn.flags(enabled=False):  # the user switched oneDNN off
+            layer(x)
+            assert layer._folded_cache.packed is None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer(x).dtype == torch.bfloat16
+            assert layer._folded_cache.packed is None
+        double = copy.deepcopy(layer).double()
+        torch.testing.assert_close(double(x.double()), double.block(x.double()), rtol=1e-12, atol=1e-12)
+        assert double._folded_cache.packed is None
+    out = layer(x)  # with gradients: the convolution module runs and its output keeps its graph
+    assert out.requires_grad

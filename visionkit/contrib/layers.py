@@ -180,10 +180,13 @@ def _folded_weight_and_bias(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Ten
     return weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift
 
 
-def _fold_inputs(conv: nn.Conv2d, norm: nn.Module) -> tuple[Optional[torch.Tensor], ...]:
+def _fold_inputs(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optional[torch.Tensor], ...]:
     # The modules' own dicts: nn.Module.__getattr__ costs about a microsecond per parameter or buffer. Both modules
     # are of the plain types (checked by the caller), so nothing is a property.
-    conv_params, norm_params, norm_buffers = conv._parameters, norm._parameters, norm._buffers
+    conv_params = conv._parameters
+    if norm is None:
+        return (conv_params["weight"], conv_params.get("bias"))
+    norm_params, norm_buffers = norm._parameters, norm._buffers
     return (
         conv_params["weight"],
         conv_params.get("bias"),
@@ -210,26 +213,88 @@ def _fold_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
     return tuple(stamp)
 
 
-class _FoldedBatchNormCache:
-    """The last folded weight and bias of a :class:`ConvLayer`, with what they were computed from.
+class _ConvWeightCache:
+    """The weight and bias a :class:`ConvLayer` convolves with at inference, with what they were computed from.
 
-    An entry is reused only when the convolution and BatchNorm hold the very same tensor objects, each with the same
-    version counter, storage, dtype and device, and the same ``eps``. It keeps references to those tensors, so an
-    object id cannot be recycled while the entry lives.
+    ``weight`` and ``bias`` are the BatchNorm-folded ones, or the convolution's own when there is no BatchNorm;
+    ``packed`` is ``weight`` reordered once for oneDNN (see :func:`_can_use_packed_weight`). An entry is reused only
+    when the modules hold the very same tensor objects, each with the same version counter, storage, dtype and
+    device, and the same ``eps``. It keeps references to those tensors, so an object id cannot be recycled while the
+    entry lives.
     """
 
-    __slots__ = ("inputs", "stamp", "eps", "weight", "bias")
+    __slots__ = ("inputs", "stamp", "eps", "weight", "bias", "packed")
 
-    def __init__(self, inputs: tuple, stamp: tuple, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    def __init__(
+        self, inputs: tuple, stamp: tuple, eps: Optional[float], weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> None:
         self.inputs, self.stamp, self.eps, self.weight, self.bias = inputs, stamp, eps, weight, bias
+        self.packed: Optional[torch.Tensor] = None
 
-    def matches(self, inputs: tuple, stamp: Optional[tuple], eps: float) -> bool:
+    def matches(self, inputs: tuple, stamp: Optional[tuple], eps: Optional[float]) -> bool:
         return (
             stamp is not None
             and self.eps == eps
+            and len(self.inputs) == len(inputs)
             and all(mine is theirs for mine, theirs in zip(self.inputs, inputs))
             and self.stamp == stamp
         )
+
+
+_ONEDNN_CONVOLUTION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def _can_use_packed_weight(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether a oneDNN weight reordered once may replace ``conv``'s call (float32, CPU, channels-last input).
+
+    ``F.conv2d`` hands such inputs to oneDNN too, but reorders the plain weight into oneDNN's blocked layout on every
+    call; at batch 1 that reorder is a large share of a small convolution. Channels-last only, because oneDNN then
+    returns channels-last exactly as ``F.conv2d`` does.
+    """
+    return (
+        _ONEDNN_CONVOLUTION
+        and torch.backends.mkldnn.enabled
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() == 4
+        and x.device.type == "cpu"
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def _inference_parameters(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn.Module]) -> _ConvWeightCache:
+    """The (folded) weight and bias for a call without gradients, from ``owner``'s cache when still valid."""
+    inputs = _fold_inputs(conv, norm)
+    stamp = _fold_stamp(inputs)
+    eps = None if norm is None else norm.eps
+    cache = owner._folded_cache
+    if cache is not None and cache.matches(inputs, stamp, eps):
+        return cache
+    if norm is None:
+        weight, bias = conv.weight, conv.bias
+    else:
+        weight, bias = _folded_weight_and_bias(conv, norm)
+    entry = _ConvWeightCache(inputs, stamp, eps, weight, bias)
+    owner._folded_cache = entry if stamp is not None else None  # inference tensors: used once, not kept
+    return entry
+
+
+def _inference_conv(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` (or ``conv(x)``) without gradients, with the cached weights, packed for oneDNN if it applies."""
+    entry = _inference_parameters(owner, conv, norm)
+    if entry is owner._folded_cache and _can_use_packed_weight(conv, entry.weight, x):
+        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+        if entry.packed is None:  # the input size is a hint for the layout; other sizes run with the same weight
+            entry.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                entry.weight.detach().to_mkldnn(), padding, stride, dilation, conv.groups, list(x.shape)
+            )
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, entry.packed, entry.bias, padding, stride, dilation, conv.groups, "none", [], ""
+        )
+    return conv._conv_forward(x, entry.weight, entry.bias)
 
 
 def _conv_with_folded_batchnorm(
@@ -244,16 +309,7 @@ def _conv_with_folded_batchnorm(
     if owner is None or torch.is_grad_enabled():
         weight, bias = _folded_weight_and_bias(conv, norm)
         return conv._conv_forward(x, weight, bias)
-    inputs = _fold_inputs(conv, norm)
-    stamp = _fold_stamp(inputs)
-    cache = owner._folded_cache
-    if cache is None or not cache.matches(inputs, stamp, norm.eps):
-        weight, bias = _folded_weight_and_bias(conv, norm)
-        cache = _FoldedBatchNormCache(inputs, stamp, norm.eps, weight, bias) if stamp is not None else None
-        owner._folded_cache = cache
-        if cache is None:
-            return conv._conv_forward(x, weight, bias)
-    return conv._conv_forward(x, cache.weight, cache.bias)
+    return _inference_conv(owner, conv, norm, x)
 
 
 class ConvLayer(nn.Module):
@@ -267,7 +323,10 @@ class ConvLayer(nn.Module):
     layer keeps the folded weight and bias (one extra copy of the convolution's parameters) and reuses them until
     one of their inputs changes: an in-place update, a new parameter or buffer, ``eps``, or a move to another
     dtype or device. With gradients the fold is recomputed on each call, so it trains the BatchNorm's affine
-    parameters. ``train()`` drops the copy, and pickles and deep copies leave it out. In training with
+    parameters. ``train()`` drops the copy, and pickles and deep copies leave it out. On CPU, for float32
+    ``channels_last`` inputs without gradients, the layer (fused or not) also keeps its weight reordered once into
+    oneDNN's blocked layout and calls oneDNN with it, instead of letting ``F.conv2d`` reorder the plain weight on
+    every call; that is a second copy of the weight, and the outputs agree with ``F.conv2d`` to float rounding. In training with
     gradients, a BatchNorm followed by SiLU runs as one autograd function that keeps only the
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
     modules, about a third less activation memory for the layer). Without gradients a SiLU overwrites the
@@ -326,7 +385,7 @@ class ConvLayer(nn.Module):
         if act_layer is not None:
             layers["act"] = act_layer()
         self.block = nn.Sequential(layers)
-        self._folded_cache: Optional[_FoldedBatchNormCache] = None
+        self._folded_cache: Optional[_ConvWeightCache] = None
 
     def __getstate__(self) -> dict:
         state = super().__getstate__().copy()
@@ -352,6 +411,8 @@ class ConvLayer(nn.Module):
             return block(x)
         if norm is not None and _can_fold_batchnorm(norm):
             y = _conv_with_folded_batchnorm(conv, norm, x, self)
+        elif norm is None and x.device.type == "cpu" and not torch.is_grad_enabled():
+            y = _inference_conv(self, conv, None, x)
         else:
             y = conv(x)
             if norm is not None:
