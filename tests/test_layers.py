@@ -304,7 +304,7 @@ def test_inference_on_channels_last_float32_uses_a_packed_weight_for_every_size(
     layer = ConvLayer(8, 8, kernel_size, stride=stride, dilation=dilation, groups=8 if depthwise else 1, norm=norm)
     layer = _randomize(layer).eval()
     with torch.no_grad():
-        for shape in [(1, 8, 16, 16), (3, 8, 16, 16), (2, 8, 25, 23), (1, 8, 1, 1)]:
+        for shape in [(1, 8, 64, 48), (3, 8, 16, 16), (2, 8, 25, 23), (1, 8, 1, 1)]:
             x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
             out = layer(x)
             # the first call packs the weight for its size; later sizes reuse it
@@ -350,3 +350,14 @@ def test_packed_weight_follows_changes_and_steps_aside_where_it_does_not_apply()
         assert double._folded_cache.packed is None
     out = layer(x)  # with gradients: the convolution module runs and its output keeps its graph
     assert out.requires_grad
+
+
+def test_small_batch_one_convolutions_keep_the_native_kernel_that_f_conv2d_picks() -> None:
+    torch.manual_seed(0)
+    layer = _randomize(ConvLayer(128, 256, 1, norm=False)).eval()
+    small = torch.rand(1, 128, 4, 16).contiguous(memory_format=torch.channels_last)  # 8192 values, batch 1
+    with torch.no_grad():
+        assert torch.equal(layer(small), layer.block(small))
+        assert layer._folded_cache.packed is None
+        layer(torch.rand(2, 128, 4, 16).contiguous(memory_format=torch.channels_last))  # batch 2: oneDNN
+        assert layer._folded_cache.packed is not None
