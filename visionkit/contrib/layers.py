@@ -294,7 +294,7 @@ def _inference_parameters(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn
 
 
 def _inference_conv(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
-    """``norm(conv(x))`` (or ``conv(x)``) without gradients, from the cached weights (packed for oneDNN if it applies)."""
+    """``norm(conv(x))`` or ``conv(x)`` without gradients, from the cached weights (packed for oneDNN if it applies)."""
     entry = _inference_parameters(owner, conv, norm)
     if entry is owner._folded_cache and _can_use_packed_weight(conv, entry.weight, x):
         padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
