@@ -180,7 +180,7 @@ def _folded_weight_and_bias(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Ten
     return weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift
 
 
-def _fold_inputs(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optional[torch.Tensor], ...]:
+def _weight_sources(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optional[torch.Tensor], ...]:
     # The modules' own dicts: nn.Module.__getattr__ costs about a microsecond per parameter or buffer. Both modules
     # are of the plain types (checked by the caller), so nothing is a property.
     conv_params = conv._parameters
@@ -197,7 +197,7 @@ def _fold_inputs(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optional[t
     )
 
 
-def _fold_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
+def _weight_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
     """Version counter and storage address of each tensor: any in-place change, ``.data`` swap or move changes it.
 
     ``None`` when a tensor has no version counter (an inference tensor), so that nothing is cached.
@@ -278,8 +278,8 @@ def _can_use_packed_weight(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tenso
 
 def _inference_parameters(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn.Module]) -> _ConvWeightCache:
     """The (folded) weight and bias for a call without gradients, from ``owner``'s cache when still valid."""
-    inputs = _fold_inputs(conv, norm)
-    stamp = _fold_stamp(inputs)
+    inputs = _weight_sources(conv, norm)
+    stamp = _weight_stamp(inputs)
     eps = None if norm is None else norm.eps
     cache = owner._folded_cache
     if cache is not None and cache.matches(inputs, stamp, eps):
