@@ -26,19 +26,21 @@ import subprocess
 import sys
 import time
 
+from visionkit.contrib.benchmark import RETAIN_HEAP_SETTINGS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: ``visionkit benchmark --heap retain``'s mallopt settings as the environment variables glibc reads at start-up
+#: (``M_MMAP_THRESHOLD`` -> ``MALLOC_MMAP_THRESHOLD_``). A fixed mmap threshold of 32 MiB keeps tensors below it in
+#: the heap, and a trim threshold of 1 GiB keeps the freed heap in the process, so the next call reuses mapped pages.
+RETAIN_ENVIRONMENT = {f"MALLOC_{name[2:]}_": str(value) for name, (_, value) in RETAIN_HEAP_SETTINGS.items()}
 
 #: Allocator settings compared, as environment variables for the child process.
 SETTINGS: dict[str, dict[str, str]] = {
     "glibc defaults": {},
-    # A fixed mmap threshold of 32 MiB keeps tensors below it in the heap, and a trim threshold of 1 GiB keeps the
-    # freed heap in the process: the next call reuses pages that are already mapped.
-    "retain: MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB": {
-        "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-        "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024),
-    },
+    "retain: MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=1 GiB": RETAIN_ENVIRONMENT,
     # Either variable alone switches off glibc's dynamic thresholds; shown because it is a natural first try.
-    "MALLOC_TRIM_THRESHOLD_=1 GiB alone": {"MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024)},
+    "MALLOC_TRIM_THRESHOLD_=1 GiB alone": {"MALLOC_TRIM_THRESHOLD_": RETAIN_ENVIRONMENT["MALLOC_TRIM_THRESHOLD_"]},
 }
 
 
