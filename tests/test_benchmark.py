@@ -26,6 +26,37 @@ def test_latency_table_under_autocast_is_written_with_ratios(tmp_path: Path) -> 
     # three timings, then eager/hf and fused/hf ratios; compiled and ONNX were not asked for
     assert re.fullmatch(r"mobilevit_xxs\s+2(\s+\d+\.\d){3}(\s+\d+\.\d\dx){2}\s+-\s+-", row), row
     assert "not measured: hf_eager: transformers has no MobileViTv3 (first seen at mobilevitv3_xxs)" in text
+    spread = text[text.index("per-round ratios") :].splitlines()
+    row = next(line for line in spread if line.startswith("mobilevit_xxs "))
+    cell = r"\s+(\d+\.\d\d) \[(\d+\.\d\d), (\d+\.\d\d)\]"
+    found = re.fullmatch(rf"mobilevit_xxs\s+2{cell}{cell}\s+-\s+-", row)
+    assert found, row
+    for median, lower, upper in (found.groups()[:3], found.groups()[3:]):
+        assert float(lower) <= float(median) <= float(upper)
+    v3_row = next(line for line in spread if line.startswith("mobilevitv3"))
+    assert re.fullmatch(r"mobilevitv3_xxs\s+2(\s+-){4}", v3_row), v3_row
+
+
+def test_round_ratios_pair_the_rounds_and_refuse_bad_input() -> None:
+    # paired by round: ratios 0.5, 2.5, 0.5; the ratio of the two medians would be 5 / 2 = 2.5
+    assert benchmark.round_ratios([1.0, 5.0, 6.0], [2.0, 2.0, 12.0]) == (0.5, 0.5, 1.5)
+    assert benchmark.round_ratios([3.0], [2.0]) == (1.5, 1.5, 1.5)
+    median, lower, upper = benchmark.round_ratios([1.0, 1.0, 1.0, 1.0, 3.0], [1.0, 2.0, 1.0, 1.0, 1.0])
+    assert (median, lower, upper) == (1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="equally long, non-empty"):
+        benchmark.round_ratios([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="equally long, non-empty"):
+        benchmark.round_ratios([], [])
+    with pytest.raises(ValueError, match="must be positive"):
+        benchmark.round_ratios([1.0, 0.0], [1.0, 1.0])
+
+
+def test_time_rounds_hands_out_every_round() -> None:
+    samples: dict[str, list[float]] = {}
+    medians = benchmark._time_rounds({"a": lambda: None, "b": lambda: time.sleep(0.002)}, 4, torch.device("cpu"),
+                                     0.0, None, samples)
+    assert sorted(samples) == ["a", "b"] and all(len(v) == 4 for v in samples.values())
+    assert all(t >= 0.002 for t in samples["b"]) and medians["b"] >= 0.002
 
 
 def test_training_table_has_time_and_memory_ratios(capsys: pytest.CaptureFixture[str]) -> None:

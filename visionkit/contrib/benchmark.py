@@ -5,7 +5,8 @@ Everything runs in one process. For each variant and batch size every implementa
 once per round in a rotating order, so that load from other processes hits all of them alike. Within its turn an
 implementation runs back-to-back calls filling at least ``--min-round-ms`` (a count fixed before the rounds), and
 the sample is the turn's time per call. The table reports medians and ratios to transformers measured in the same
-run. It is a script, not a test: it asserts nothing about speed.
+run; a second table gives the spread of the per-round ratios (:func:`round_ratios`). It is a script, not a test:
+it asserts nothing about speed.
 
 Implementations (``--impls``):
 
@@ -60,6 +61,7 @@ __all__ = [
     "peak_memory",
     "register",
     "retain_freed_memory",
+    "round_ratios",
 ]
 
 #: Variants measured by default (short names of :data:`visionkit.contrib.variants.VARIANTS`).
@@ -331,19 +333,52 @@ def calls_per_round(seconds_per_call: float, min_round_seconds: float) -> int:
     return max(1, math.ceil(min_round_seconds / seconds_per_call))
 
 
+def round_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float, float]:
+    """Median, lower and upper quartile of the per-round ratios ``numerator[r] / denominator[r]``.
+
+    The rounds interleave the implementations, so both times of one round saw the same load on the machine; the
+    spread of these ratios shows how far a ratio of medians can be trusted.
+
+    Args:
+        numerator: seconds per call in each round (e.g. visionkit's).
+        denominator: seconds per call in the same rounds (e.g. transformers').
+
+    Raises:
+        ValueError: the sequences are empty, differ in length, or hold a time that is not positive.
+
+    Example:
+        >>> round_ratios([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.0, 2.0, 2.0, 2.0])
+        (1.5, 1.0, 2.0)
+    """
+    if not numerator or len(numerator) != len(denominator):
+        raise ValueError(
+            f"expected two equally long, non-empty sequences of round times, got {len(numerator)} and "
+            f"{len(denominator)}"
+        )
+    if min(*numerator, *denominator) <= 0:
+        raise ValueError(f"round times must be positive, got {list(numerator)} and {list(denominator)}")
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    lower, median, upper = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, lower, upper
+
+
 def _time_rounds(
     runners: dict[str, Callable[[], Any]],
     rounds: int,
     device: torch.device,
     min_round_seconds: float = 0.0,
     faults: Optional[dict[str, float]] = None,
+    samples_out: Optional[dict[str, list[float]]] = None,
 ) -> dict[str, float]:
     """Median seconds per call over ``rounds`` rounds, the order rotated every round.
 
     In each round an implementation runs as many back-to-back calls as fill ``min_round_seconds`` (the count is
     fixed per implementation from one timed call before the rounds), so that one call of a few milliseconds is
     not the whole sample; the sample is the round's time divided by the calls. When ``faults`` is a dict it
-    receives, per implementation, the median minor page faults per call (where the platform counts them).
+    receives, per implementation, the median minor page faults per call (where the platform counts them); when
+    ``samples_out`` is a dict it receives every round's seconds per call, in round order.
     """
     keys = list(runners)
     samples: dict[str, list[float]] = {k: [] for k in keys}
@@ -371,6 +406,8 @@ def _time_rounds(
                     fault_samples[key].append((faults_after - faults_before) / calls[key])
     if faults is not None:
         faults.update({k: statistics.median(v) for k, v in fault_samples.items() if v})
+    if samples_out is not None:
+        samples_out.update(samples)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -382,6 +419,18 @@ def _fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
     return "-" if a is None or b is None else f"{a / b:.2f}x"
 
 
+#: The ratio columns: (visionkit implementation, transformers implementation it is divided by).
+_RATIO_PAIRS = (("vk_eager", "hf_eager"), ("vk_fused", "hf_eager"), ("vk_compiled", "hf_eager"), ("vk_onnx", "hf_onnx"))
+_RATIO_LABELS = ("eager/hf", "fused/hf", "comp/hf", "onnx/hf")
+
+
+def _fmt_spread(samples: dict[str, list[float]], numerator: str, denominator: str) -> str:
+    if numerator not in samples or denominator not in samples:
+        return "-"
+    median, lower, upper = round_ratios(samples[numerator], samples[denominator])
+    return f"{median:.2f} [{lower:.2f}, {upper:.2f}]"
+
+
 def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
     cols = [k for k in IMPLEMENTATIONS if k in args.impls]
     out(
@@ -390,24 +439,24 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
     )
     out("ratios: eager/hf_eager, fused/hf_eager, compiled/hf_eager, vk_onnx/hf_onnx")
     header = f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols)
-    header += f" {'eager/hf':>9s} {'fused/hf':>9s} {'comp/hf':>9s} {'onnx/hf':>9s}"
+    header += "".join(f" {label:>9s}" for label in _RATIO_LABELS)
     out(header)
     notes: dict[str, str] = {}
     fault_rows: list[tuple[str, int, dict[str, float]]] = []
+    spread_rows: list[tuple[str, int, list[str]]] = []
     for name in args.variants:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
                 runners, skipped = _runners(name, batch, args, device, tmp)
                 faults: dict[str, float] = {}
-                medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults)
+                samples: dict[str, list[float]] = {}
+                medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults, samples)
             fault_rows.append((name, batch, faults))
+            spread_rows.append((name, batch, [_fmt_spread(samples, vk, hf) for vk, hf in _RATIO_PAIRS]))
             for key, why in skipped.items():
                 notes.setdefault(f"{key}: {why}", name)
-            m = {k: medians.get(k) for k in cols}
-            hf, hf_onnx = medians.get("hf_eager"), medians.get("hf_onnx")
-            line = f"{name:16s} {batch:2d} " + " ".join(f"{_fmt_ms(m[c]):>11s}" for c in cols)
-            line += f" {_fmt_ratio(m.get('vk_eager'), hf):>9s} {_fmt_ratio(m.get('vk_fused'), hf):>9s}"
-            line += f" {_fmt_ratio(m.get('vk_compiled'), hf):>9s} {_fmt_ratio(m.get('vk_onnx'), hf_onnx):>9s}"
+            line = f"{name:16s} {batch:2d} " + " ".join(f"{_fmt_ms(medians.get(c)):>11s}" for c in cols)
+            line += "".join(f" {_fmt_ratio(medians.get(vk), medians.get(hf)):>9s}" for vk, hf in _RATIO_PAIRS)
             out(line)
             del runners
     for note, first in notes.items():
@@ -418,6 +467,12 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
         for name, batch, faults in fault_rows:
             cells = ("-" if faults.get(c) is None else f"{faults[c]:.0f}" for c in cols)
             out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>11s}" for cell in cells))
+    if any(cell != "-" for _, _, cells in spread_rows for cell in cells):
+        out("\nper-round ratios (each round's visionkit time over transformers' in the same round): median "
+            "[lower quartile, upper quartile]")
+        out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{label:>18s}" for label in _RATIO_LABELS))
+        for name, batch, cells in spread_rows:
+            out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>18s}" for cell in cells))
 
 
 def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
