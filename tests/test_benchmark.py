@@ -35,6 +35,20 @@ def test_latency_table_under_autocast_is_written_with_ratios(tmp_path: Path) -> 
         assert float(lower) <= float(median) <= float(upper)
     v3_row = next(line for line in spread if line.startswith("mobilevitv3"))
     assert re.fullmatch(r"mobilevitv3_xxs\s+2(\s+-){4}", v3_row), v3_row
+    floor = text[text.index("compute floor") :].splitlines()
+    best_rate = max(float(v) for v in re.search(r"matmul ([\d.]+), conv1x1 ([\d.]+) GFLOP/s", floor[1]).groups())
+    row = next(line for line in floor if line.startswith("mobilevit_xxs "))
+    found = re.fullmatch(r"mobilevit_xxs\s+2\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+(\d+\.\d\d)x\s+(\d+)%\s+-", row)
+    assert found, row
+    gflop, floor_ms = float(found[1]), float(found[2])
+    from visionkit.contrib.variants import build_variant
+
+    expected = benchmark.forward_flops(build_variant("mobilevit_xxs"), torch.rand(2, 3, 64, 64)) / 1e9
+    assert gflop == pytest.approx(expected, abs=0.005)
+    assert floor_ms == pytest.approx(expected / best_rate * 1e3, abs=0.006 + 0.001 * floor_ms)
+    assert 0 < float(found[3]) and 0 < int(found[4]) <= 100
+    v3_row = next(line for line in floor if line.startswith("mobilevitv3"))
+    assert re.fullmatch(r"mobilevitv3_xxs\s+2\s+\d+\.\d\d\s+\d+\.\d\d\s+-\s+\d+%\s+-", v3_row), v3_row
 
 
 def test_round_ratios_pair_the_rounds_and_refuse_bad_input() -> None:
@@ -49,6 +63,29 @@ def test_round_ratios_pair_the_rounds_and_refuse_bad_input() -> None:
         benchmark.round_ratios([], [])
     with pytest.raises(ValueError, match="must be positive"):
         benchmark.round_ratios([1.0, 0.0], [1.0, 1.0])
+
+
+def test_forward_flops_counts_two_operations_per_multiply_add() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1, groups=2, bias=False),  # 8 outputs x (2 inputs x 9) per pixel
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 5 * 5, 10),
+    )
+    x = torch.rand(3, 4, 5, 5)
+    assert benchmark.forward_flops(model, x) == 2 * 3 * (8 * 2 * 9 * 25 + 200 * 10)
+    from visionkit.contrib.variants import build_variant
+
+    backbone = build_variant("mobilevit_xxs").eval()
+    one, four = (benchmark.forward_flops(backbone, torch.rand(b, 3, 64, 64)) for b in (1, 4))
+    assert one > 0 and four == 4 * one  # attention and convolutions alike scale with the batch
+
+
+def test_matrix_rate_measures_both_probes_and_refuses_no_repeats() -> None:
+    rates = benchmark.matrix_rate(torch.device("cpu"), repeats=1)
+    assert sorted(rates) == ["conv1x1", "matmul"]
+    assert all(1e6 < rate < 1e15 for rate in rates.values()), rates
+    with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
+        benchmark.matrix_rate(torch.device("cpu"), repeats=0)
 
 
 def test_time_rounds_hands_out_every_round() -> None:

@@ -5,8 +5,10 @@ Everything runs in one process. For each variant and batch size every implementa
 once per round in a rotating order, so that load from other processes hits all of them alike. Within its turn an
 implementation runs back-to-back calls filling at least ``--min-round-ms`` (a count fixed before the rounds), and
 the sample is the turn's time per call. The table reports medians and ratios to transformers measured in the same
-run; a second table gives the spread of the per-round ratios (:func:`round_ratios`). It is a script, not a test:
-it asserts nothing about speed.
+run; a second table gives the spread of the per-round ratios (:func:`round_ratios`), and a third the compute floor
+of each row: the operations of one forward (:func:`forward_flops`) at the best rate the machine reached on a large
+matrix product or 1x1 convolution (:func:`matrix_rate`), the time below which no implementation of the same
+arithmetic can go. It is a script, not a test: it asserts nothing about speed.
 
 Implementations (``--impls``):
 
@@ -57,7 +59,9 @@ __all__ = [
     "IMPLEMENTATIONS",
     "RETAIN_HEAP_SETTINGS",
     "calls_per_round",
+    "forward_flops",
     "main",
+    "matrix_rate",
     "peak_memory",
     "register",
     "retain_freed_memory",
@@ -141,6 +145,68 @@ def retain_freed_memory() -> str:
         if mallopt(param, value) != 1:
             raise RuntimeError(f"glibc refused mallopt({name}, {value})")
     return ", ".join(f"{name} {value >> 20} MiB" for name, (_, value) in RETAIN_HEAP_SETTINGS.items())
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Floating-point operations of ``model(x)`` in its convolutions, matrix products and attention.
+
+    Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, two per multiply-add. Elementwise operations,
+    normalisation, softmax and data movement are not counted, so the count is a lower bound on the work.
+
+    Example:
+        >>> forward_flops(nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.rand(1, 3, 16, 16))  # 2 * 3 * 8 * 9 * 256
+        110592
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
+def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 2):  # the first two calls warm up
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matrix_rate(device: torch.device, dtype: Optional[torch.dtype] = None, repeats: int = 10) -> dict[str, float]:
+    """Floating-point operations per second that ``device`` attains on two large, well-shaped products.
+
+    The probes are a 2048x2048 matrix product and a 1x1 convolution of a channels-last (1, 512, 64, 64) input to
+    512 channels (the kind of layer that dominates the larger MobileViTs), each the median of ``repeats`` timed
+    calls after two warm-up calls, run under ``torch.autocast`` with ``dtype`` unless it is ``None``. The larger
+    of the two is what :func:`forward_flops` is divided by for a compute floor: no implementation of the same
+    arithmetic can take less time than its counted operations at that rate.
+
+    Returns:
+        Operations per second of each probe, keyed ``"matmul"`` and ``"conv1x1"``.
+
+    Raises:
+        ValueError: ``repeats`` is less than 1.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    n, channels, size = 2048, 512, 64
+    a = torch.rand(n, n, device=device)
+    b = torch.rand(n, n, device=device)
+    x = torch.rand(1, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(channels, channels, 1, 1, device=device)
+    probes = {
+        "matmul": (lambda: a @ b, 2 * n**3),
+        "conv1x1": (lambda: nn.functional.conv2d(x, weight), 2 * channels * channels * size * size),
+    }
+    rates = {}
+    with torch.inference_mode():
+        for key, (fn, flops) in probes.items():
+            rates[key] = flops / _median_seconds(_under_autocast(fn, device, dtype), device, repeats)
+    return rates
 
 
 def _minor_faults() -> Optional[int]:
@@ -444,6 +510,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
     notes: dict[str, str] = {}
     fault_rows: list[tuple[str, int, dict[str, float]]] = []
     spread_rows: list[tuple[str, int, list[str]]] = []
+    floor_rows: list[tuple[str, int, int, dict[str, float]]] = []
     for name in args.variants:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
@@ -451,6 +518,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
                 faults: dict[str, float] = {}
                 samples: dict[str, list[float]] = {}
                 medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults, samples)
+            floor_rows.append((name, batch, _variant_flops(name, batch, args.size, device), medians))
             fault_rows.append((name, batch, faults))
             spread_rows.append((name, batch, [_fmt_spread(samples, vk, hf) for vk, hf in _RATIO_PAIRS]))
             for key, why in skipped.items():
@@ -473,6 +541,39 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
         out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{label:>18s}" for label in _RATIO_LABELS))
         for name, batch, cells in spread_rows:
             out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>18s}" for cell in cells))
+    _floor_table(floor_rows, device, AUTOCAST_DTYPES[args.autocast], out)
+
+
+def _variant_flops(name: str, batch: int, size: int, device: torch.device) -> int:
+    from .variants import build_variant
+
+    return forward_flops(build_variant(name).eval().to(device), torch.rand(batch, 3, size, size, device=device))
+
+
+def _floor_table(
+    rows: list[tuple[str, int, int, dict[str, float]]],
+    device: torch.device,
+    dtype: Optional[torch.dtype],
+    out: Callable[[str], None],
+) -> None:
+    """The compute floor of each row: its counted operations at the best rate :func:`matrix_rate` measured."""
+    rates = matrix_rate(device, dtype)
+    rate = max(rates.values())
+    probes = ", ".join(f"{key} {value / 1e9:.1f}" for key, value in rates.items())
+    out("\ncompute floor: the operations torch.utils.flop_counter counts in one forward (convolutions, matrix "
+        "products, attention)")
+    out(f"at the best rate measured here ({probes} GFLOP/s); no implementation of the same arithmetic runs in less")
+    out("floor/hf: the lowest ratio to hf_eager this machine allows; fused, compiled: share of that rate they attain")
+    out(f"{'variant':16s} {'B':>2s} {'GFLOP':>8s} {'floor ms':>9s} {'floor/hf':>9s} {'fused':>6s} {'compiled':>9s}")
+    for name, batch, flops, medians in rows:
+        floor = flops / rate
+
+        def share(key: str) -> str:
+            return "-" if medians.get(key) is None else f"{floor / medians[key]:.0%}"
+
+        to_hf = _fmt_ratio(floor, medians.get("hf_eager"))
+        out(f"{name:16s} {batch:2d} {flops / 1e9:8.2f} {floor * 1e3:9.2f} {to_hf:>9s} {share('vk_fused'):>6s} "
+            f"{share('vk_compiled'):>9s}")
 
 
 def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
