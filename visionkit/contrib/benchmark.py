@@ -510,7 +510,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
     notes: dict[str, str] = {}
     fault_rows: list[tuple[str, int, dict[str, float]]] = []
     spread_rows: list[tuple[str, int, list[str]]] = []
-    floor_rows: list[tuple[str, int, int, dict[str, float]]] = []
+    floor_rows: list[tuple[str, int, dict[str, float]]] = []
     for name in args.variants:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
@@ -518,7 +518,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
                 faults: dict[str, float] = {}
                 samples: dict[str, list[float]] = {}
                 medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults, samples)
-            floor_rows.append((name, batch, _variant_flops(name, batch, args.size, device), medians))
+            floor_rows.append((name, batch, medians))
             fault_rows.append((name, batch, faults))
             spread_rows.append((name, batch, [_fmt_spread(samples, vk, hf) for vk, hf in _RATIO_PAIRS]))
             for key, why in skipped.items():
@@ -541,7 +541,8 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
         out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{label:>18s}" for label in _RATIO_LABELS))
         for name, batch, cells in spread_rows:
             out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>18s}" for cell in cells))
-    _floor_table(floor_rows, device, AUTOCAST_DTYPES[args.autocast], out)
+    # after all the timing, so that counting (a model built and run per row) cannot disturb the timed rows
+    _floor_table(floor_rows, args.size, device, AUTOCAST_DTYPES[args.autocast], out)
 
 
 def _variant_flops(name: str, batch: int, size: int, device: torch.device) -> int:
@@ -551,7 +552,8 @@ def _variant_flops(name: str, batch: int, size: int, device: torch.device) -> in
 
 
 def _floor_table(
-    rows: list[tuple[str, int, int, dict[str, float]]],
+    rows: list[tuple[str, int, dict[str, float]]],
+    size: int,
     device: torch.device,
     dtype: Optional[torch.dtype],
     out: Callable[[str], None],
@@ -565,7 +567,8 @@ def _floor_table(
     out(f"at the best rate measured here ({probes} GFLOP/s); no implementation of the same arithmetic runs in less")
     out("floor/hf: the lowest ratio to hf_eager this machine allows; fused, compiled: share of that rate they attain")
     out(f"{'variant':16s} {'B':>2s} {'GFLOP':>8s} {'floor ms':>9s} {'floor/hf':>9s} {'fused':>6s} {'compiled':>9s}")
-    for name, batch, flops, medians in rows:
+    for name, batch, medians in rows:
+        flops = _variant_flops(name, batch, size, device)
         floor = flops / rate
 
         def share(key: str) -> str:
