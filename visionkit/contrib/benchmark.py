@@ -570,13 +570,10 @@ def _floor_table(
     for name, batch, medians in rows:
         flops = _variant_flops(name, batch, size, device)
         floor = flops / rate
-
-        def share(key: str) -> str:
-            return "-" if medians.get(key) is None else f"{floor / medians[key]:.0%}"
-
-        to_hf = _fmt_ratio(floor, medians.get("hf_eager"))
-        out(f"{name:16s} {batch:2d} {flops / 1e9:8.2f} {floor * 1e3:9.2f} {to_hf:>9s} {share('vk_fused'):>6s} "
-            f"{share('vk_compiled'):>9s}")
+        fused, compiled = (medians.get(key) for key in ("vk_fused", "vk_compiled"))
+        share = ["-" if seconds is None else f"{floor / seconds:.0%}" for seconds in (fused, compiled)]
+        out(f"{name:16s} {batch:2d} {flops / 1e9:8.2f} {floor * 1e3:9.2f} "
+            f"{_fmt_ratio(floor, medians.get('hf_eager')):>9s} {share[0]:>6s} {share[1]:>9s}")
 
 
 def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
