@@ -508,9 +508,8 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
     header += "".join(f" {label:>9s}" for label in _RATIO_LABELS)
     out(header)
     notes: dict[str, str] = {}
-    fault_rows: list[tuple[str, int, dict[str, float]]] = []
-    spread_rows: list[tuple[str, int, list[str]]] = []
-    floor_rows: list[tuple[str, int, dict[str, float]]] = []
+    # per timed row: variant, batch, median seconds, page faults per call and per-round ratio cells
+    rows: list[tuple[str, int, dict[str, float], dict[str, float], list[str]]] = []
     for name in args.variants:
         for batch in args.batches:
             with tempfile.TemporaryDirectory() as tmp:
@@ -518,9 +517,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
                 faults: dict[str, float] = {}
                 samples: dict[str, list[float]] = {}
                 medians = _time_rounds(runners, args.rounds, device, args.min_round_ms / 1000, faults, samples)
-            floor_rows.append((name, batch, medians))
-            fault_rows.append((name, batch, faults))
-            spread_rows.append((name, batch, [_fmt_spread(samples, vk, hf) for vk, hf in _RATIO_PAIRS]))
+            rows.append((name, batch, medians, faults, [_fmt_spread(samples, vk, hf) for vk, hf in _RATIO_PAIRS]))
             for key, why in skipped.items():
                 notes.setdefault(f"{key}: {why}", name)
             line = f"{name:16s} {batch:2d} " + " ".join(f"{_fmt_ms(medians.get(c)):>11s}" for c in cols)
@@ -529,20 +526,20 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
             del runners
     for note, first in notes.items():
         out(f"  not measured: {note} (first seen at {first})")
-    if any(faults for _, _, faults in fault_rows):
+    if any(faults for *_, faults, _ in rows):
         out("\nminor page faults per call (median over the rounds: pages the OS had to map on first touch)")
         out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols))
-        for name, batch, faults in fault_rows:
+        for name, batch, _, faults, _ in rows:
             cells = ("-" if faults.get(c) is None else f"{faults[c]:.0f}" for c in cols)
             out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>11s}" for cell in cells))
-    if any(cell != "-" for _, _, cells in spread_rows for cell in cells):
+    if any(cell != "-" for *_, cells in rows for cell in cells):
         out("\nper-round ratios (each round's visionkit time over transformers' in the same round): median "
             "[lower quartile, upper quartile]")
         out(f"{'variant':16s} {'B':>2s} " + " ".join(f"{label:>18s}" for label in _RATIO_LABELS))
-        for name, batch, cells in spread_rows:
+        for name, batch, *_, cells in rows:
             out(f"{name:16s} {batch:2d} " + " ".join(f"{cell:>18s}" for cell in cells))
     # after all the timing, so that counting (a model built and run per row) cannot disturb the timed rows
-    _floor_table(floor_rows, args.size, device, AUTOCAST_DTYPES[args.autocast], out)
+    _floor_table(rows, args.size, device, AUTOCAST_DTYPES[args.autocast], out)
 
 
 def _variant_flops(name: str, batch: int, size: int, device: torch.device) -> int:
@@ -552,13 +549,14 @@ def _variant_flops(name: str, batch: int, size: int, device: torch.device) -> in
 
 
 def _floor_table(
-    rows: list[tuple[str, int, dict[str, float]]],
+    rows: Sequence[tuple[Any, ...]],
     size: int,
     device: torch.device,
     dtype: Optional[torch.dtype],
     out: Callable[[str], None],
 ) -> None:
-    """The compute floor of each row: its counted operations at the best rate :func:`matrix_rate` measured."""
+    """The compute floor of each timed row (variant, batch, median seconds, ...): its counted operations at the best
+    rate :func:`matrix_rate` measured."""
     rates = matrix_rate(device, dtype)
     rate = max(rates.values())
     probes = ", ".join(f"{key} {value / 1e9:.1f}" for key, value in rates.items())
@@ -567,7 +565,7 @@ def _floor_table(
     out(f"at the best rate measured here ({probes} GFLOP/s); no implementation of the same arithmetic runs in less")
     out("floor/hf: the lowest ratio to hf_eager this machine allows; fused, compiled: share of that rate they attain")
     out(f"{'variant':16s} {'B':>2s} {'GFLOP':>8s} {'floor ms':>9s} {'floor/hf':>9s} {'fused':>6s} {'compiled':>9s}")
-    for name, batch, medians in rows:
+    for name, batch, medians, *_ in rows:
         flops = _variant_flops(name, batch, size, device)
         floor = flops / rate
         fused, compiled = (medians.get(key) for key in ("vk_fused", "vk_compiled"))
