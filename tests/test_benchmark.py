@@ -23,22 +23,22 @@ def test_latency_table_under_autocast_is_written_with_ratios(tmp_path: Path) -> 
     text = report.read_text()
     assert "precision: torch.autocast bf16" in text
     row = next(line for line in text.splitlines() if line.startswith("mobilevit_xxs "))
-    # three timings, then eager/hf and fused/hf ratios; compiled and ONNX were not asked for
-    assert re.fullmatch(r"mobilevit_xxs\s+2(\s+\d+\.\d){3}(\s+\d+\.\d\dx){2}\s+-\s+-", row), row
+    # three timings, then eager/hf and fused/hf ratios; compiled, AOTInductor and ONNX were not asked for
+    assert re.fullmatch(r"mobilevit_xxs\s+2(\s+\d+\.\d){3}(\s+\d+\.\d\dx){2}(\s+-){3}", row), row
     assert "not measured: hf_eager: transformers has no MobileViTv3 (first seen at mobilevitv3_xxs)" in text
     spread = text[text.index("per-round ratios") :].splitlines()
     row = next(line for line in spread if line.startswith("mobilevit_xxs "))
     cell = r"\s+(\d+\.\d\d) \[(\d+\.\d\d), (\d+\.\d\d)\]"
-    found = re.fullmatch(rf"mobilevit_xxs\s+2{cell}{cell}\s+-\s+-", row)
+    found = re.fullmatch(rf"mobilevit_xxs\s+2{cell}{cell}(?:\s+-){{3}}", row)
     assert found, row
     for median, lower, upper in (found.groups()[:3], found.groups()[3:]):
         assert float(lower) <= float(median) <= float(upper)
     v3_row = next(line for line in spread if line.startswith("mobilevitv3"))
-    assert re.fullmatch(r"mobilevitv3_xxs\s+2(\s+-){4}", v3_row), v3_row
+    assert re.fullmatch(r"mobilevitv3_xxs\s+2(\s+-){5}", v3_row), v3_row
     floor = text[text.index("compute floor") :].splitlines()
     best_rate = max(float(v) for v in re.search(r"matmul ([\d.]+), conv1x1 ([\d.]+) GFLOP/s", floor[1]).groups())
     row = next(line for line in floor if line.startswith("mobilevit_xxs "))
-    found = re.fullmatch(r"mobilevit_xxs\s+2\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+(\d+\.\d\d)x\s+(\d+)%\s+-", row)
+    found = re.fullmatch(r"mobilevit_xxs\s+2\s+(\d+\.\d\d)\s+(\d+\.\d\d)\s+(\d+\.\d\d)x\s+(\d+)%\s+-\s+-", row)
     assert found, row
     gflop, floor_ms = float(found[1]), float(found[2])
     from visionkit.contrib.variants import build_variant
@@ -48,7 +48,29 @@ def test_latency_table_under_autocast_is_written_with_ratios(tmp_path: Path) -> 
     assert floor_ms == pytest.approx(expected / best_rate * 1e3, abs=0.006 + 0.001 * floor_ms)
     assert 0 < float(found[3]) and 0 < int(found[4]) <= 100
     v3_row = next(line for line in floor if line.startswith("mobilevitv3"))
-    assert re.fullmatch(r"mobilevitv3_xxs\s+2\s+\d+\.\d\d\s+\d+\.\d\d\s+-\s+\d+%\s+-", v3_row), v3_row
+    assert re.fullmatch(r"mobilevitv3_xxs\s+2\s+\d+\.\d\d\s+\d+\.\d\d\s+-\s+\d+%\s+-\s+-", v3_row), v3_row
+
+
+def test_aoti_column_times_the_package_in_float32_under_autocast(tmp_path: Path) -> None:
+    report = tmp_path / "report.txt"
+    argv = ["--variants", "mobilevit_xxs", "--batches", "1", "--rounds", "2", "--size", "64", "--impls", "vk_fused",
+            "vk_aoti", "hf_eager", "--train-variants", "--highres-variants", "--autocast", "bf16", "-o", str(report)]
+    assert benchmark.main(argv) == 0
+    text = report.read_text()
+    assert "precision: torch.autocast bf16 (vk_aoti, vk_onnx, hf_onnx: float32)" in text
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("variant ") and "vk_aoti" in line)
+    assert header.split()[2:] == ["vk_fused", "vk_aoti", "hf_eager", "eager/hf", "fused/hf", "comp/hf", "aoti/hf",
+                                  "onnx/hf"]
+    row = next(line for line in lines if line.startswith("mobilevit_xxs "))
+    found = re.fullmatch(r"mobilevit_xxs\s+1\s+(\S+)\s+(\S+)\s+(\S+)\s+-\s+(\S+)x\s+-\s+(\S+)x\s+-", row)
+    assert found, row
+    fused, aoti, hf, fused_ratio, aoti_ratio = map(float, found.groups())
+    assert aoti_ratio == pytest.approx(aoti / hf, abs=0.01 + 0.02 * aoti_ratio)  # from the unrounded times
+    assert fused_ratio == pytest.approx(fused / hf, abs=0.01 + 0.02 * fused_ratio)
+    floor = text[text.index("compute floor") :].splitlines()
+    row = next(line for line in floor if line.startswith("mobilevit_xxs "))
+    assert re.fullmatch(r"mobilevit_xxs\s+1(\s+\d+\.\d\d){2}\s+\d+\.\d\dx\s+\d+%\s+-\s+\d+%", row), row
 
 
 def test_round_ratios_pair_the_rounds_and_refuse_bad_input() -> None:

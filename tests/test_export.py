@@ -1,5 +1,5 @@
 """ONNX export: ONNX Runtime matches PyTorch, graph free of Im2Col/Col2Im and of tensors above rank 5, every
-Transpose a single-axis move, CLI."""
+Transpose a single-axis move, CLI. AOTInductor packages: match PyTorch at any batch, refuse other inputs, CLI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from visionkit.cli import main
-from visionkit.contrib import MobileViT, MobileViTv2, MobileViTv3, export_onnx
+from visionkit.contrib import MobileViT, MobileViTv2, MobileViTv3, export_aoti_package, export_onnx, load_aoti_package
+from visionkit.contrib.export import AOTIPackage
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:
@@ -94,3 +95,62 @@ def test_export_onnx_rejects_bad_arguments(tmp_path: Path) -> None:
 def test_cli_rejects_an_unknown_variant(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mobilevit_xxs"):
         main(["export", "mobilevit_tiny", "-o", str(tmp_path / "m.onnx")])
+
+
+def test_cli_writes_an_aoti_package_that_matches_pytorch_at_any_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    model = MobileViT("xxs").eval()
+    for module in model.modules():  # non-trivial statistics so that --fuse has something to fold
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 1.5)
+    weights = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "xxs.pt2"
+    argv = ["export", "mobilevit_xxs", "--format", "pt2", "-o", str(out), "--size", "96", "64"]
+    assert main([*argv, "--weights", str(weights), "--fuse", "--dynamic-batch"]) == 0
+    assert "AOTInductor package, dynamic batch, 96x64" in capsys.readouterr().out
+    package = load_aoti_package(out)
+    assert isinstance(package, AOTIPackage)
+    assert (package.input_shape, package.dtype, package.device) == ((None, 3, 96, 64), torch.float32, "cpu")
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 96, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(package(x), model(x), atol=1e-4, rtol=1e-4)
+    # the compiled code assumes contiguous strides; a channels-last input is made contiguous first
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(package(channels_last), package(x), atol=0, rtol=0)
+    # the compiled code would read any buffer as a (B, 3, 96, 64) float32 one; the package refuses the rest
+    for bad in [torch.rand(1, 3, 64, 96), torch.rand(1, 1, 96, 64), torch.rand(3, 96, 64)]:
+        with pytest.raises(ValueError, match=r"shape \(B, 3, 96, 64\)"):
+            package(bad)
+    with pytest.raises(ValueError, match="float32 on cpu, got torch.float64"):
+        package(torch.rand(1, 3, 96, 64, dtype=torch.float64))
+    with pytest.raises(TypeError):
+        package(np.zeros((1, 3, 96, 64), dtype=np.float32))  # type: ignore[arg-type]
+
+
+def test_load_aoti_package_refuses_a_package_without_input_specification(tmp_path: Path) -> None:
+    conv = nn.Conv2d(3, 4, 1).eval()
+    program = torch.export.export(conv, (torch.rand(1, 3, 8, 8),))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "plain.pt2"))
+    with pytest.raises(ValueError, match="no input specification"):
+        load_aoti_package(path)
+
+
+def test_aoti_export_rejects_bad_arguments(tmp_path: Path) -> None:
+    model = MobileViT("xxs").eval()
+    with pytest.raises(ValueError, match=r"must end in '\.pt2'"):
+        export_aoti_package(model, tmp_path / "m.so")
+    with pytest.raises(TypeError):
+        export_aoti_package(model, tmp_path / "m.pt2", dynamic_batch=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size"):
+        export_aoti_package(model, tmp_path / "m.pt2", batch_size=0)
+    with pytest.raises(FileNotFoundError, match="m.pt2"):
+        load_aoti_package(tmp_path / "m.pt2")
+    with pytest.raises(ValueError, match="--dynamic-batch"):
+        main(["export", "mobilevit_xxs", "--format", "pt2", "-o", str(tmp_path / "m.pt2"), "--dynamic"])
+    with pytest.raises(ValueError, match="--format pt2"):
+        main(["export", "mobilevit_xxs", "-o", str(tmp_path / "m.onnx"), "--dynamic-batch"])
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ from .checkpoint import (
 from .configs import BackboneConfig
 from .deploy import fold_conv_batchnorm, fuse_batchnorm
 from .detection import SSD_PROJ_CHANNELS, SeparableConv, SSDLite, SSDLiteHead
-from .export import export_onnx, export_program
+from .export import export_aoti_package, export_onnx, export_program, load_aoti_package
 from .features import FeatureExtractor
 from .heads import ClassificationHead
 from .segmentation import ASPP, ASPPPooling, DeepLabV3Head, SegmentationModel
@@ -35,6 +35,7 @@ __all__ = [
     "decode_ssd_boxes",
     "DeepLabV3Head",
     "detect_source",
+    "export_aoti_package",
     "export_onnx",
     "export_program",
     "FeatureExtractor",
@@ -44,6 +45,7 @@ __all__ = [
     "fuse_batchnorm",
     "get_weights",
     "list_weights",
+    "load_aoti_package",
     "load_checkpoint",
     "load_weights",
     "LoadReport",

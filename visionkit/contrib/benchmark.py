@@ -13,8 +13,9 @@ arithmetic can go. It is a script, not a test: it asserts nothing about speed.
 Implementations (``--impls``):
 
 * ``vk_eager``: the visionkit backbone as built; ``vk_fused``: after :meth:`MobileViTBackbone.fuse`;
-  ``vk_compiled``: fused, then ``torch.compile(fullgraph=True)``; ``vk_onnx``: :func:`export_onnx` (static) run
-  by ONNX Runtime;
+  ``vk_compiled``: fused, then ``torch.compile(fullgraph=True)``; ``vk_aoti``: fused, compiled ahead of time by
+  :func:`export_aoti_package` (static shape) and run from the package; ``vk_onnx``: :func:`export_onnx` (static)
+  run by ONNX Runtime;
 * ``hf_eager``: ``transformers.MobileViTModel`` / ``MobileViTV2Model`` configured to the same architecture
   (same parameter count; random weights, latency does not depend on them); ``hf_onnx``: its
   ``torch.onnx.export`` run by ONNX Runtime;
@@ -78,7 +79,9 @@ DEFAULT_VARIANTS = (
     "mobilevitv2_200",
 )
 #: Implementation keys, in table order.
-IMPLEMENTATIONS = ("vk_eager", "vk_fused", "vk_compiled", "vk_onnx", "hf_eager", "hf_onnx", "kornia", "timm")
+IMPLEMENTATIONS = (
+    "vk_eager", "vk_fused", "vk_compiled", "vk_aoti", "vk_onnx", "hf_eager", "hf_onnx", "kornia", "timm"
+)
 
 # transformers configuration of each v1 variant: (hidden_sizes, neck_hidden_sizes, expand_ratio).
 _HF_V1 = {
@@ -88,6 +91,9 @@ _HF_V1 = {
 }
 _TIMM_NAMES = {"mobilevit_xxs": "mobilevit_xxs", "mobilevit_xs": "mobilevit_xs", "mobilevit_s": "mobilevit_s"}
 
+
+# implementations that run a float32 artefact (an ONNX file, an AOTInductor package) whatever --autocast says
+_FLOAT32_ONLY = ("vk_aoti", "vk_onnx", "hf_onnx")
 
 #: ``--autocast`` choices: the dtype PyTorch implementations run under ``torch.autocast`` (``None``: float32).
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -333,7 +339,7 @@ def _runners(
             return
         try:
             runner = build()
-            if not key.endswith("_onnx"):  # ONNX Runtime runs the float32 export
+            if key not in _FLOAT32_ONLY:
                 runner = _under_autocast(runner, device, AUTOCAST_DTYPES[args.autocast])
             with torch.inference_mode():
                 runner()  # warm-up (compiles / creates kernels)
@@ -356,6 +362,18 @@ def _runners(
         return lambda: model(x)
 
     add("vk_compiled", compiled)
+
+    def aoti() -> Callable[[], Any]:
+        from .export import export_aoti_package, load_aoti_package
+
+        with _quiet():
+            path = export_aoti_package(
+                fused, os.path.join(tmp, "vk.pt2"), input_size=tuple(x.shape[-2:]), batch_size=x.shape[0]
+            )
+        package = load_aoti_package(path)
+        return lambda: package(x)
+
+    add("vk_aoti", aoti)
     if device.type == "cpu":
         add("vk_onnx", lambda: _onnx_runner(fused, x, os.path.join(tmp, "vk.onnx"), args.threads, True))
     if family in ("MobileViT", "MobileViTv2"):
@@ -486,8 +504,14 @@ def _fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
 
 
 #: The ratio columns: (visionkit implementation, transformers implementation it is divided by).
-_RATIO_PAIRS = (("vk_eager", "hf_eager"), ("vk_fused", "hf_eager"), ("vk_compiled", "hf_eager"), ("vk_onnx", "hf_onnx"))
-_RATIO_LABELS = ("eager/hf", "fused/hf", "comp/hf", "onnx/hf")
+_RATIO_PAIRS = (
+    ("vk_eager", "hf_eager"),
+    ("vk_fused", "hf_eager"),
+    ("vk_compiled", "hf_eager"),
+    ("vk_aoti", "hf_eager"),
+    ("vk_onnx", "hf_onnx"),
+)
+_RATIO_LABELS = ("eager/hf", "fused/hf", "comp/hf", "aoti/hf", "onnx/hf")
 
 
 def _fmt_spread(samples: dict[str, list[float]], numerator: str, denominator: str) -> str:
@@ -503,7 +527,7 @@ def _latency_table(args: argparse.Namespace, device: torch.device, out: Callable
         f"\n## Inference latency, {args.size}x{args.size}, median ms per call over {args.rounds} interleaved rounds"
         f" (each round: at least {args.min_round_ms:g} ms of back-to-back calls per implementation)"
     )
-    out("ratios: eager/hf_eager, fused/hf_eager, compiled/hf_eager, vk_onnx/hf_onnx")
+    out("ratios: " + ", ".join(f"{vk.removeprefix('vk_')}/{hf}" for vk, hf in _RATIO_PAIRS))
     header = f"{'variant':16s} {'B':>2s} " + " ".join(f"{c:>11s}" for c in cols)
     header += "".join(f" {label:>9s}" for label in _RATIO_LABELS)
     out(header)
@@ -563,15 +587,17 @@ def _floor_table(
     out("\ncompute floor: the operations torch.utils.flop_counter counts in one forward (convolutions, matrix "
         "products, attention)")
     out(f"at the best rate measured here ({probes} GFLOP/s); no implementation of the same arithmetic runs in less")
-    out("floor/hf: the lowest ratio to hf_eager this machine allows; fused, compiled: share of that rate they attain")
-    out(f"{'variant':16s} {'B':>2s} {'GFLOP':>8s} {'floor ms':>9s} {'floor/hf':>9s} {'fused':>6s} {'compiled':>9s}")
+    out("floor/hf: the lowest ratio to hf_eager this machine allows; fused, compiled, aoti: share of that rate they "
+        "attain")
+    out(f"{'variant':16s} {'B':>2s} {'GFLOP':>8s} {'floor ms':>9s} {'floor/hf':>9s} {'fused':>6s} {'compiled':>9s}"
+        f" {'aoti':>6s}")
     for name, batch, medians, *_ in rows:
         flops = _variant_flops(name, batch, size, device)
         floor = flops / rate
-        fused, compiled = (medians.get(key) for key in ("vk_fused", "vk_compiled"))
-        share = ["-" if seconds is None else f"{floor / seconds:.0%}" for seconds in (fused, compiled)]
+        timed = (medians.get(key) for key in ("vk_fused", "vk_compiled", "vk_aoti"))
+        share = ["-" if seconds is None else f"{floor / seconds:.0%}" for seconds in timed]
         out(f"{name:16s} {batch:2d} {flops / 1e9:8.2f} {floor * 1e3:9.2f} "
-            f"{_fmt_ratio(floor, medians.get('hf_eager')):>9s} {share[0]:>6s} {share[1]:>9s}")
+            f"{_fmt_ratio(floor, medians.get('hf_eager')):>9s} {share[0]:>6s} {share[1]:>9s} {share[2]:>6s}")
 
 
 def _train_table(args: argparse.Namespace, device: torch.device, out: Callable[[str], None]) -> None:
@@ -713,7 +739,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quick:
         args.variants, args.rounds = ["mobilevit_xxs"], 3
-        args.impls = [i for i in args.impls if i != "vk_compiled"]
+        args.impls = [i for i in args.impls if i not in ("vk_compiled", "vk_aoti")]
         args.train_variants, args.train_rounds = ["mobilevit_xxs"], 2
     for name in [*args.variants, *args.train_variants, *args.highres_variants]:
         get_variant(name)  # a clear error for a misspelt name, before anything runs
@@ -739,7 +765,9 @@ def run(args: argparse.Namespace) -> int:
     out(f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
         f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     out("versions: " + ", ".join(versions))
-    precision = "float32" if args.autocast == "none" else f"torch.autocast {args.autocast} (ONNX Runtime: float32)"
+    precision = "float32"
+    if args.autocast != "none":
+        precision = f"torch.autocast {args.autocast} ({', '.join(_FLOAT32_ONLY)}: float32)"
     if device.type == "cuda":
         precision += f"; TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, cudnn {torch.backends.cudnn.allow_tf32}"
     if "vk_compiled" in args.impls:
