@@ -179,7 +179,7 @@ def export_aoti_package(
     """Compile ``model`` ahead of time with AOTInductor and write the package (a ``.pt2`` file).
 
     The model is put in eval mode, exported with :func:`torch.export.export` and compiled by
-    :func:`torch._inductor.aoti_compile_and_package` for the device and dtype of its parameters. The package
+    ``torch._inductor.aoti_compile_and_package`` for the device and dtype of its parameters. The package
     holds the weights and a shared library; a call runs no dynamo guards and no Python between the kernels, as
     :func:`torch.compile`'s wrapper does. Compiling takes about 20-40 s per model on a 2-core CPU and needs the
     C++ compiler that :func:`torch.compile` needs.
@@ -234,11 +234,11 @@ def export_aoti_package(
 
 
 class AOTIPackage:
-    """A loaded AOTInductor package (see :func:`load_aoti_package`), called like the model it was compiled from.
+    """A loaded AOTInductor package (see :func:`~visionkit.contrib.load_aoti_package`), called like its model.
 
     The compiled code reads its input as the exact shape, dtype and device it was compiled for and does not check
     them; a wrong input would be read as if it were right. Every call therefore checks the input against the
-    specification :func:`export_aoti_package` stored in the package.
+    specification :func:`~visionkit.contrib.export_aoti_package` stored in the package.
 
     Attributes:
         input_shape: ``(B, C, H, W)`` the package takes, with ``B`` ``None`` when the batch is dynamic.
@@ -285,7 +285,7 @@ def load_aoti_package(path: Union[str, os.PathLike]) -> AOTIPackage:
         path: the ``.pt2`` file.
 
     Returns:
-        An :class:`AOTIPackage` taking images :math:`(B, C, H, W)` at the exported size, dtype and device (and
+        An :class:`~visionkit.contrib.export.AOTIPackage` taking images :math:`(B, C, H, W)` at the exported size, dtype and device (and
         batch, unless the batch is dynamic) and returning what the model returned. Other inputs raise a
         ``ValueError``.
 
