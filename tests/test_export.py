@@ -61,14 +61,20 @@ def test_dynamic_onnx_matches_pytorch_at_several_sizes(build, opset: int, tmp_pa
         np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
 
 
+def _saved_model_with_statistics(model: nn.Module, folder: Path) -> Path:
+    """Give ``model``'s BatchNorms non-trivial statistics (so that ``--fuse`` has something to fold); save it."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 1.5)
+    weights = folder / "weights.pt"
+    torch.save(model.state_dict(), weights)
+    return weights
+
+
 def test_cli_exports_a_static_model_with_given_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
     model = MobileViTv3(width_multiplier=0.5).eval()
-    for module in model.modules():  # non-trivial statistics so that --fuse has something to fold
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_var.uniform_(0.5, 1.5)
-    weights = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), weights)
+    weights = _saved_model_with_statistics(model, tmp_path)
     out = tmp_path / "v3.onnx"
     argv = ["export", "mobilevitv3_050", "--format", "onnx", "-o", str(out), "--opset", "17"]
     assert main([*argv, "--size", "250", "230", "--weights", str(weights), "--fuse"]) == 0
@@ -102,11 +108,7 @@ def test_cli_writes_an_aoti_package_that_matches_pytorch_at_any_batch(
 ) -> None:
     torch.manual_seed(0)
     model = MobileViT("xxs").eval()
-    for module in model.modules():  # non-trivial statistics so that --fuse has something to fold
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_var.uniform_(0.5, 1.5)
-    weights = tmp_path / "weights.pt"
-    torch.save(model.state_dict(), weights)
+    weights = _saved_model_with_statistics(model, tmp_path)
     out = tmp_path / "xxs.pt2"
     argv = ["export", "mobilevit_xxs", "--format", "pt2", "-o", str(out), "--size", "96", "64"]
     assert main([*argv, "--weights", str(weights), "--fuse", "--dynamic-batch"]) == 0
