@@ -259,23 +259,22 @@ class AOTIPackage:
         self.dtype: torch.dtype = getattr(torch, metadata[_INPUT_DTYPE])
         self.device: str = metadata[_INPUT_DEVICE]
 
+    def _shape_text(self) -> str:
+        return "(" + ", ".join("B" if size is None else str(size) for size in self.input_shape) + ")"
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         check_type("x", x, torch.Tensor)
-        expected = ", ".join("B" if size is None else str(size) for size in self.input_shape)
         matches = x.dim() == len(self.input_shape) and all(
             size is None or size == actual for size, actual in zip(self.input_shape, x.shape)
         )
         if not matches:
-            raise ValueError(f"this package takes input of shape ({expected}), got {tuple(x.shape)}")
+            raise ValueError(f"this package takes input of shape {self._shape_text()}, got {tuple(x.shape)}")
         if x.dtype != self.dtype or x.device.type != self.device:
-            raise ValueError(
-                f"this package takes {self.dtype} on {self.device}, got {x.dtype} on {x.device.type}"
-            )
+            raise ValueError(f"this package takes {self.dtype} on {self.device}, got {x.dtype} on {x.device.type}")
         return self._compiled(x.contiguous())
 
     def __repr__(self) -> str:
-        shape = ", ".join("B" if size is None else str(size) for size in self.input_shape)
-        return f"AOTIPackage(input_shape=({shape}), dtype={self.dtype}, device={self.device!r})"
+        return f"AOTIPackage(input_shape={self._shape_text()}, dtype={self.dtype}, device={self.device!r})"
 
 
 def load_aoti_package(path: Union[str, os.PathLike]) -> AOTIPackage:
@@ -285,9 +284,9 @@ def load_aoti_package(path: Union[str, os.PathLike]) -> AOTIPackage:
         path: the ``.pt2`` file.
 
     Returns:
-        An :class:`~visionkit.contrib.export.AOTIPackage` taking images :math:`(B, C, H, W)` at the exported size, dtype and device (and
-        batch, unless the batch is dynamic) and returning what the model returned. Other inputs raise a
-        ``ValueError``.
+        An :class:`~visionkit.contrib.export.AOTIPackage` taking images :math:`(B, C, H, W)` at the exported
+        size, dtype and device (and batch, unless the batch is dynamic) and returning what the model returned.
+        Other inputs raise a ``ValueError``.
 
     Raises:
         TypeError: ``path`` is not a path.
