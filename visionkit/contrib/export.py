@@ -223,7 +223,7 @@ def export_aoti_package(
     metadata = {
         _INPUT_SPEC: ",".join(str(size) for size in shape),
         _INPUT_DTYPE: str(example.dtype).removeprefix("torch."),
-        _INPUT_DEVICE: example.device.type,
+        _INPUT_DEVICE: str(example.device),
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -243,7 +243,7 @@ class AOTIPackage:
     Attributes:
         input_shape: ``(B, C, H, W)`` the package takes, with ``B`` ``None`` when the batch is dynamic.
         dtype: the input dtype.
-        device: the input device type (``"cpu"``, ``"cuda"``).
+        device: the input device (``"cpu"``, ``"cuda:0"``).
     """
 
     def __init__(self, path: str) -> None:
@@ -269,8 +269,8 @@ class AOTIPackage:
         )
         if not matches:
             raise ValueError(f"this package takes input of shape {self._shape_text()}, got {tuple(x.shape)}")
-        if x.dtype != self.dtype or x.device.type != self.device:
-            raise ValueError(f"this package takes {self.dtype} on {self.device}, got {x.dtype} on {x.device.type}")
+        if x.dtype != self.dtype or x.device != torch.device(self.device):
+            raise ValueError(f"this package takes {self.dtype} on {self.device}, got {x.dtype} on {x.device}")
         return self._compiled(x.contiguous())
 
     def __repr__(self) -> str:
