@@ -137,11 +137,12 @@ def _runs_unobserved(*modules: Optional[nn.Module]) -> bool:
         or global_hooks._global_backward_pre_hooks
     ):
         return False
-    return not any(
-        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
-        for module in modules
-        if module is not None
-    )
+    for module in modules:  # a plain loop, not a generator: this runs on every call of every ConvLayer
+        if module is not None and (
+            module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        ):
+            return False
+    return True
 
 
 def _can_fold_batchnorm(norm: nn.Module) -> bool:
@@ -198,18 +199,19 @@ def _weight_sources(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optiona
 
 
 def _weight_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple]:
-    """Version counter and storage address of each tensor: any in-place change, ``.data`` swap or move changes it.
+    """Identity, version counter, storage address, dtype and device of each tensor.
 
-    ``None`` when a tensor has no version counter (an inference tensor), so that nothing is cached.
+    Any in-place change, ``.data`` swap, replacement or move changes it. ``None`` when a tensor has no version
+    counter (an inference tensor), so that nothing is cached. Built in one comprehension and compared as one tuple:
+    it runs on every inference call of every :class:`ConvLayer`.
     """
-    stamp = []
-    for tensor in tensors:
-        if tensor is None:
-            stamp.append(None)
-        elif tensor.is_inference():
-            return None
-        else:
-            stamp.append((tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device))
+    try:
+        stamp = [
+            None if tensor is None else (id(tensor), tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device)
+            for tensor in tensors
+        ]
+    except RuntimeError:  # "Inference tensors do not track version counter"
+        return None
     return tuple(stamp)
 
 
@@ -231,14 +233,9 @@ class _ConvWeightCache:
         self.inputs, self.stamp, self.eps, self.weight, self.bias = inputs, stamp, eps, weight, bias
         self.packed: Optional[torch.Tensor] = None
 
-    def matches(self, inputs: tuple, stamp: Optional[tuple], eps: Optional[float]) -> bool:
-        return (
-            stamp is not None
-            and self.eps == eps
-            and len(self.inputs) == len(inputs)
-            and all(mine is theirs for mine, theirs in zip(self.inputs, inputs))
-            and self.stamp == stamp
-        )
+    def matches(self, stamp: Optional[tuple], eps: Optional[float]) -> bool:
+        # The stamp holds the inputs' ids; the entry keeps the inputs alive, so an equal id is the same object.
+        return stamp is not None and self.stamp == stamp and self.eps == eps
 
 
 _ONEDNN_CONVOLUTION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -260,7 +257,7 @@ def _can_use_packed_weight(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tenso
     """
     return (
         _ONEDNN_CONVOLUTION
-        and torch.backends.mkldnn.enabled
+        and torch._C._get_mkldnn_enabled()  # what torch.backends.mkldnn.enabled reads, without its descriptor
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() == 4
@@ -284,7 +281,7 @@ def _inference_parameters(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn
     stamp = _weight_stamp(inputs)
     eps = None if norm is None else norm.eps
     cache = owner._folded_cache
-    if cache is not None and cache.matches(inputs, stamp, eps):
+    if cache is not None and cache.matches(stamp, eps):
         return cache
     if norm is None:
         weight, bias = conv.weight, conv.bias
@@ -299,13 +296,12 @@ def _inference_conv(owner: "ConvLayer", conv: nn.Conv2d, norm: Optional[nn.Modul
     """``norm(conv(x))`` or ``conv(x)`` without gradients, from the cached weights (packed for oneDNN if it applies)."""
     entry = _inference_parameters(owner, conv, norm)
     if entry is owner._folded_cache and _can_use_packed_weight(conv, entry.weight, x):
-        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
         if entry.packed is None:  # the input size is a hint for the layout; other sizes run with the same weight
             entry.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                entry.weight.detach().to_mkldnn(), padding, stride, dilation, conv.groups, list(x.shape)
+                entry.weight.detach().to_mkldnn(), conv.padding, conv.stride, conv.dilation, conv.groups, x.shape
             )
         return torch.ops.mkldnn._convolution_pointwise(
-            x, entry.packed, entry.bias, padding, stride, dilation, conv.groups, "none", [], ""
+            x, entry.packed, entry.bias, conv.padding, conv.stride, conv.dilation, conv.groups, "none", [], ""
         )
     return conv._conv_forward(x, entry.weight, entry.bias)
 
