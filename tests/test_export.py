@@ -3,6 +3,7 @@ Transpose a single-axis move, CLI. AOTInductor packages: match PyTorch at any ba
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,45 @@ def test_aoti_export_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--format pt2"):
         main(["export", "mobilevit_xxs", "-o", str(tmp_path / "m.onnx"), "--dynamic-batch"])
     assert list(tmp_path.iterdir()) == []
+
+
+def _modes(model: nn.Module) -> list[bool]:
+    return [module.training for module in model.modules()]
+
+
+def test_onnx_export_runs_in_eval_mode_and_leaves_every_module_in_its_own_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = MobileViTv2(0.5)  # training mode, with one submodule in eval mode
+    next(module for module in model.modules() if isinstance(module, nn.BatchNorm2d)).eval()
+    modes = _modes(model)
+    assert any(modes) and not all(modes)
+    out = export_onnx(model, tmp_path / "m.onnx", input_size=(64, 64))
+    assert _modes(model) == modes
+    x = torch.rand(1, 3, 64, 64)
+    reference = MobileViTv2(0.5)
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = reference.eval()(x).numpy()
+    np.testing.assert_allclose(_run_onnx(Path(out), x), expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="batch_size"):
+        export_onnx(model, tmp_path / "bad.onnx", batch_size=0)
+    with pytest.raises(ValueError, match="input_size"):
+        export_onnx(model, tmp_path / "bad.onnx", input_size=(64, 0))
+    assert _modes(model) == modes  # failed calls change nothing either
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_aoti_export_runs_in_eval_mode_and_leaves_every_module_in_its_own_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.Dropout(0.5)).eval())
+    modes = _modes(model)
+    with pytest.raises(ValueError, match="input_size"):
+        export_aoti_package(model, tmp_path / "bad.pt2", input_size=(8,))
+    assert _modes(model) == modes
+    package = load_aoti_package(export_aoti_package(model, tmp_path / "m.pt2", input_size=(8, 8)))  # about 10 s
+    assert _modes(model) == modes
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x)
+        torch.testing.assert_close(package(x), expected, atol=1e-5, rtol=1e-5)  # BatchNorm ran on running statistics
+    assert _modes(model) == modes

@@ -15,9 +15,10 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -56,6 +57,22 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     return torch.rand(batch, channels, *input_size, device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with every module of ``model`` in eval mode, then give each module back its own mode.
+
+    The flags are set directly, as :meth:`torch.nn.Module.train` does, so a model that was in training mode is left
+    exactly as it was, also when the block raises.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def _dynamic_shapes(input_size: Sequence[int]) -> tuple[dict[int, Any]]:
@@ -124,11 +141,12 @@ def export_onnx(
 ) -> str:
     """Write ``model`` to an ONNX file that ONNX Runtime runs.
 
-    The model is exported in eval mode through :func:`export_program` and ``torch.onnx.export(dynamo=True)``.
-    The graph has one input ``images`` :math:`(B, C, H, W)` and one output ``features``.
+    The model is exported in eval mode through :func:`export_program` and ``torch.onnx.export(dynamo=True)``;
+    afterwards every module of it is back in the mode it was in. The graph has one input ``images``
+    :math:`(B, C, H, W)` and one output ``features``.
 
     Args:
-        model: the model (a backbone, or a backbone with a head); it is put in eval mode.
+        model: the model (a backbone, or a backbone with a head).
         path: file to write.
         opset: ONNX opset version, 17 or later.
         dynamic: symbolic batch, height and width (from :data:`MIN_DYNAMIC_SIZE` up); otherwise the graph is
@@ -149,9 +167,9 @@ def export_onnx(
     check_type("dynamic", dynamic, bool)
     if opset < 17:
         raise ValueError(f"opset must be 17 or later (LayerNormalization, GroupNorm as ops), got {opset}")
-    model.eval()
     check_positive_int("batch_size", batch_size)
-    program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
+    with _eval_mode(model):
+        program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
     path = os.fspath(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -178,8 +196,9 @@ def export_aoti_package(
 ) -> str:
     """Compile ``model`` ahead of time with AOTInductor and write the package (a ``.pt2`` file).
 
-    The model is put in eval mode, exported with :func:`torch.export.export` and compiled by
-    ``torch._inductor.aoti_compile_and_package`` for the device and dtype of its parameters. The package
+    The model is exported in eval mode with :func:`torch.export.export` (afterwards every module of it is back in
+    the mode it was in) and compiled by ``torch._inductor.aoti_compile_and_package`` for the device and dtype of
+    its parameters. The package
     holds the weights and a shared library; a call runs no dynamo guards and no Python between the kernels, as
     :func:`torch.compile`'s wrapper does. Compiling takes about 20-40 s per model on a 2-core CPU and needs the
     C++ compiler that :func:`torch.compile` needs.
@@ -210,15 +229,15 @@ def export_aoti_package(
     path = os.fspath(path)
     if not path.endswith(".pt2"):
         raise ValueError(f"an AOTInductor package path must end in '.pt2', got {path!r}")
-    model.eval()
     batch = 2 if dynamic_batch else batch_size
     example = _example_input(model, batch, input_size)
-    program = torch.export.export(
-        model,
-        (example,),
-        dynamic_shapes=_dynamic_batch() if dynamic_batch else None,
-        prefer_deferred_runtime_asserts_over_guards=True,
-    )
+    with _eval_mode(model):
+        program = torch.export.export(
+            model,
+            (example,),
+            dynamic_shapes=_dynamic_batch() if dynamic_batch else None,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
     shape = (-1 if dynamic_batch else batch, *example.shape[1:])
     metadata = {
         _INPUT_SPEC: ",".join(str(size) for size in shape),
