@@ -37,8 +37,10 @@ def test_convert_command_round_trips(tmp_path: pathlib.Path, layout: str, capsys
         assert torch.equal(model.state_dict()[own], value.to(model.state_dict()[own].dtype)), key
 
 
-def test_convert_command_refuses_wrong_variant(tmp_path: pathlib.Path) -> None:
+def test_convert_command_refuses_wrong_variant(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "never.pt"
+    assert main(["convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_075"]) == 2
+    assert "visionkit convert: error: " in capsys.readouterr().err
     with pytest.raises(ValueError, match="looks like mobilevitv2_050"):
-        main(["convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_075"])
+        main(["--traceback", "convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_075"])
     assert not out.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 
@@ -50,3 +51,27 @@ def test_python_dash_m_entry_point() -> None:
 def test_unknown_command_is_an_argparse_error() -> None:
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_refused_input_is_one_error_line_and_exit_code_2(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["export", "mobilevit_xxxs", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionkit export: error: model must be one of 'mobilevit_xxs'")
+    assert "got 'mobilevit_xxxs'" in err
+    assert "Traceback" not in err and not (tmp_path / "m.onnx").exists()
+    missing = tmp_path / "missing.pt"
+    assert main(["convert", str(missing), str(tmp_path / "out.pt"), "--variant", "mobilevit_xxs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionkit convert: error: ") and "missing.pt" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="model must be one of"):
+        main(["--traceback", "export", "mobilevit_xxxs", "-o", str(tmp_path / "m.onnx")])
+
+
+def test_refused_input_from_the_shell_exits_with_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "visionkit", "benchmark", "--variants", "xxs"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("visionkit benchmark: error: variant name must be one of")

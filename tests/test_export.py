@@ -99,9 +99,24 @@ def test_export_onnx_rejects_bad_arguments(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_cli_rejects_an_unknown_variant(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="mobilevit_xxs"):
-        main(["export", "mobilevit_tiny", "-o", str(tmp_path / "m.onnx")])
+def test_cli_rejects_an_unknown_variant_or_a_missing_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["export", "mobilevit_tiny", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionkit export: error: model must be one of") and "'mobilevit_xxs'" in err
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export ran before the output folder was checked")
+
+    # refused before the export runs (seconds for ONNX, a minute for AOTInductor), not when the file is written
+    monkeypatch.setattr(torch.export, "export", no_export)
+    for fmt, name in (("onnx", "m.onnx"), ("pt2", "m.pt2")):
+        assert main(["export", "mobilevit_xxs", "--format", fmt, "-o", str(tmp_path / "no" / name)]) == 2
+        assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_onnx(MobileViT("xxs"), tmp_path / "no" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_writes_an_aoti_package_that_matches_pytorch_at_any_batch(
@@ -153,9 +168,9 @@ def test_aoti_export_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="m.pt2"):
         load_aoti_package(tmp_path / "m.pt2")
     with pytest.raises(ValueError, match="--dynamic-batch"):
-        main(["export", "mobilevit_xxs", "--format", "pt2", "-o", str(tmp_path / "m.pt2"), "--dynamic"])
+        main(["--traceback", "export", "mobilevit_xxs", "--format", "pt2", "-o", str(tmp_path / "m.pt2"), "--dynamic"])
     with pytest.raises(ValueError, match="--format pt2"):
-        main(["export", "mobilevit_xxs", "-o", str(tmp_path / "m.onnx"), "--dynamic-batch"])
+        main(["--traceback", "export", "mobilevit_xxs", "-o", str(tmp_path / "m.onnx"), "--dynamic-batch"])
     assert list(tmp_path.iterdir()) == []
 
 

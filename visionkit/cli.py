@@ -2,12 +2,18 @@
 
 Each command lives in its own module, which exposes ``register(subparsers)``; that function adds a sub-parser
 and sets its ``run`` default to a callable taking the parsed namespace and returning an exit code.
+
+A command that refuses its input (a misspelt variant, a checkpoint that does not fit, a file that cannot be read or
+written) raises ``ValueError``, ``TypeError`` or ``OSError``; :func:`main` prints the message after
+``visionkit COMMAND: error:``, as argparse does for its own errors, and returns 2. ``--traceback`` lets the
+exception through instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
 from typing import Optional
 
@@ -26,6 +32,9 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``visionkit`` argument parser with every command registered."""
     parser = argparse.ArgumentParser(prog="visionkit", description="visionkit command-line tools")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on an error, show the Python traceback instead of just the message"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -33,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the command line; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    """Run the command line; returns the process exit code (2 for input the command refused)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, TypeError, OSError) as error:
+        if args.traceback:
+            raise
+        message = str(error) or type(error).__name__
+        print(f"{parser.prog} {args.command}: error: {message}", file=sys.stderr)
+        return 2

@@ -130,6 +130,13 @@ def export_program(
     )
 
 
+def _check_output_folder(path: str) -> None:
+    """Refuse a path whose folder does not exist before anything is exported (which takes seconds to minutes)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder to write {path!r} into does not exist: {folder!r}")
+
+
 def export_onnx(
     model: nn.Module,
     path: Union[str, os.PathLike],
@@ -160,6 +167,7 @@ def export_onnx(
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: ``opset`` below 17, or an invalid ``input_size``.
+        FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)
     check_type("path", path, (str, os.PathLike))
@@ -168,9 +176,10 @@ def export_onnx(
     if opset < 17:
         raise ValueError(f"opset must be 17 or later (LayerNormalization, GroupNorm as ops), got {opset}")
     check_positive_int("batch_size", batch_size)
+    path = os.fspath(path)
+    _check_output_folder(path)
     with _eval_mode(model):
         program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
-    path = os.fspath(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(
@@ -220,6 +229,7 @@ def export_aoti_package(
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: ``path`` does not end in ``.pt2``, or an invalid ``input_size`` or ``batch_size``.
+        FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)
     check_type("path", path, (str, os.PathLike))
@@ -228,6 +238,7 @@ def export_aoti_package(
     path = os.fspath(path)
     if not path.endswith(".pt2"):
         raise ValueError(f"an AOTInductor package path must end in '.pt2', got {path!r}")
+    _check_output_folder(path)
     batch = 2 if dynamic_batch else batch_size
     example = _example_input(model, batch, input_size)
     with _eval_mode(model):
