@@ -221,3 +221,17 @@ def test_allocator_script_runs_each_setting_in_a_child_with_its_environment(
         milliseconds, faults, kernel_ms = (float(value) for value in row[-3:])
         assert milliseconds > 0 and faults >= 0 and kernel_ms >= 0
 
+
+
+def test_header_names_the_cpu_generation_and_vector_width(tmp_path: Path) -> None:
+    # Two processors that both call themselves "AMD EPYC" can time the same code differently: the header tells them
+    # apart. Only the first processor's block is read.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+        "flags\t\t: fpu sse avx avx2 avx512f\n\nprocessor\t: 1\ncpu family\t: 25\nmodel name\t: Other\n"
+    )
+    assert benchmark._cpu_model(str(cpuinfo)) == "AMD EPYC (family 26 model 2, AVX-512)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx avx2\n")
+    assert benchmark._cpu_model(str(cpuinfo)) == "Some CPU (AVX2)"
+    assert benchmark._cpu_model(str(tmp_path / "missing")) != ""

@@ -111,15 +111,35 @@ def _under_autocast(fn: Callable[[], Any], device: torch.device, dtype: Optional
     return run
 
 
-def _cpu_model() -> str:
+def _cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's name, with its family and model numbers and widest vector extension where Linux reports them.
+
+    Virtual machines often show only a brand ("AMD EPYC"); the numbers tell processor generations apart (the same
+    code can measure differently on two of them).
+    """
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
+                    break  # the end of the first processor's block
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    details = []
+    if "cpu family" in fields and "model" in fields:
+        details.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = fields.get("flags", "").split()
+    vector = next((label for flag, label in _VECTOR_EXTENSIONS if flag in flags), None)
+    if vector:
+        details.append(vector)
+    return f"{name} ({', '.join(details)})" if details else name
+
+
+# /proc/cpuinfo flags, widest first.
+_VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("asimd", "NEON"))
 
 
 def _sync(device: torch.device) -> None:
