@@ -69,9 +69,11 @@ def test_refused_input_is_one_error_line_and_exit_code_2(
         main(["--traceback", "export", "mobilevit_xxxs", "-o", str(tmp_path / "m.onnx")])
 
 
-def test_refused_input_from_the_shell_exits_with_2() -> None:
+@pytest.mark.parametrize("program", [["-m", "visionkit", "benchmark"], ["benchmarks/benchmark.py"]])
+def test_refused_input_from_the_shell_exits_with_2(program: list[str]) -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
     result = subprocess.run(
-        [sys.executable, "-m", "visionkit", "benchmark", "--variants", "xxs"], capture_output=True, text=True
+        [sys.executable, *program, "--variants", "xxs"], capture_output=True, text=True, cwd=root
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("visionkit benchmark: error: variant name must be one of")
