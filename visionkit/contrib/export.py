@@ -208,8 +208,8 @@ def export_aoti_package(
     The model is exported in eval mode with :func:`torch.export.export` (afterwards every module of it is back in
     the mode it was in) and compiled by ``torch._inductor.aoti_compile_and_package`` for the device and dtype of
     its parameters. The package holds the weights and a shared library; a call runs no dynamo guards and no Python
-    between the kernels, as :func:`torch.compile`'s wrapper does. Compiling takes about 20-40 s per model on a 2-core CPU and needs the
-    C++ compiler that :func:`torch.compile` needs.
+    between the kernels, as :func:`torch.compile`'s wrapper does. Compiling takes about 20-40 s per model on a
+    2-core CPU and needs the C++ compiler that :func:`torch.compile` needs.
 
     Height and width are fixed to ``input_size``: with symbolic height and width (what :func:`export_program`
     gives) AOTInductor did not finish compiling MobileViTv2 0.5 in six minutes (torch 2.13, CPU), so that
