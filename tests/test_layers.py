@@ -213,12 +213,113 @@ def test_with_gradients_the_fold_is_recomputed_and_trains_the_batchnorm() -> Non
     x = torch.rand(2, 4, 7, 6)
     with torch.no_grad():
         layer(x)
-    cached = layer._folded_cache
+    assert layer._folded_cache is not None
     out = layer(x)
     out.sum().backward()
-    assert layer._folded_cache is cached  # neither used nor replaced
+    assert layer._folded_cache is None  # a forward with gradients drops the copy (a training step may follow)
     assert layer.block.norm.weight.grad is not None and layer.block.norm.weight.grad.abs().sum() > 0
     torch.testing.assert_close(out.detach(), _expected(layer, x), rtol=1e-5, atol=1e-5)
+
+
+def _inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def _fresh_output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's output computed without any cached weight (a deep copy leaves the caches out)."""
+    return _inference(copy.deepcopy(model), x)
+
+
+def test_cache_follows_batchnorm_statistics_re_estimated_with_only_the_norms_in_training_mode() -> None:
+    # AdaBN-style: the BatchNorm kernel updates the running statistics without bumping their version counters.
+    model = build_variant("mobilevit_xxs").eval()
+    x = torch.rand(2, 3, 64, 64)
+    before = _inference(model, x)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.train()
+    with torch.no_grad():
+        model(x * 3.0 + 1.0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    after = _inference(model, x)
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, _fresh_output(model, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_fused", "adamw_foreach", "sgd"])
+def test_cache_follows_a_training_step_taken_in_eval_mode(optimizer) -> None:
+    # Fine-tuning with frozen BatchNorm statistics (eval mode) and validation between steps. Fused optimizers write
+    # the parameters without bumping their version counters; the forward with gradients drops the caches.
+    model = build_variant("mobilevit_xxs").eval()
+    x = torch.rand(2, 3, 64, 64)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01, **{optimizer.split("_")[1]: True})
+    before = _inference(model, x)
+    model(x).square().mean().backward()
+    opt.step()
+    after = _inference(model, x)
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, _fresh_output(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_eval_drops_the_cache_so_edits_through_data_show_after_it() -> None:
+    # In-place edits through .data are invisible to version counters (as they are to autograd): the documented way
+    # back is model.eval(), which drops every cached weight.
+    model = build_variant("mobilevit_xxs").eval()
+    x = torch.rand(2, 3, 64, 64)
+    _inference(model, x)
+    for parameter in model.parameters():
+        parameter.data.mul_(0.9)
+    model.eval()
+    torch.testing.assert_close(_inference(model, x), _fresh_output(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_double_backward_through_the_fused_batchnorm_silu_matches_the_plain_modules(monkeypatch) -> None:
+    torch.manual_seed(0)
+    layer = ConvLayer(3, 4, 3).double().train()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.double, requires_grad=True)
+    calls = []
+    apply = layers._BatchNormSiLU.apply
+    monkeypatch.setattr(layers._BatchNormSiLU, "apply", lambda *args: calls.append(1) or apply(*args))
+    assert torch.autograd.gradgradcheck(lambda t: layer(t), (x,))
+    assert calls  # the fused function ran
+
+    def second_order(module: nn.Module) -> list[torch.Tensor]:
+        params = list(module.parameters())
+        grads = torch.autograd.grad(module(x).square().sum(), [x, *params], create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        return list(torch.autograd.grad(penalty, [x, *params]))
+
+    fused = second_order(layer)
+    monkeypatch.setattr(layers, "_can_fuse_batchnorm_silu", lambda *args: False)
+    for got, want in zip(fused, second_order(layer)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+def test_forward_mode_ad_and_vmap_see_the_plain_operations(name) -> None:
+    # A packed oneDNN call would drop the tangent silently, and vmap has no rule for it or for layout queries.
+    from torch.autograd import forward_ad
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    model = build_variant(name).eval().double()
+    x = torch.rand(2, 3, 64, 64, dtype=torch.double)
+    direction = torch.randn_like(x)
+    with torch.no_grad():
+        mapped = torch.vmap(lambda image: model(image.unsqueeze(0)).squeeze(0))(x)
+        torch.testing.assert_close(mapped, model(x), rtol=1e-9, atol=1e-9)
+        with forward_ad.dual_level(), sdpa_kernel(SDPBackend.MATH):  # the CPU flash kernel has no forward AD
+            tangent = forward_ad.unpack_dual(model(forward_ad.make_dual(x, direction))).tangent
+        step = 1e-6
+        finite = (model(x + step * direction) - model(x - step * direction)) / (2 * step)
+    assert tangent is not None and tangent.abs().max() > 0
+    torch.testing.assert_close(tangent, finite, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_tensors_are_folded_on_every_call_without_a_cache() -> None:

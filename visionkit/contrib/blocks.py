@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import LinearAttnFFN, TransformerEncoder
-from .layers import ConvLayer
+from .layers import ConvLayer, in_function_transform
 
 __all__ = ["MobileViTBlock", "MobileViTBlockV2", "fold_patches", "fold_tokens", "unfold_patches", "unfold_tokens"]
 
@@ -89,7 +89,11 @@ def unfold_patches(x: torch.Tensor, patch_size: int) -> torch.Tensor:
                 [ 4.,  6., 12., 14.],
                 [ 5.,  7., 13., 15.]])
     """
-    return unfold_tokens(x, patch_size).permute(0, 3, 1, 2)
+    patches = unfold_tokens(x, patch_size).permute(0, 3, 1, 2)
+    if in_function_transform():
+        # GroupNorm's vmap rule and its forward-mode derivative refuse this layout (PyTorch limits).
+        return patches.contiguous()
+    return patches
 
 
 def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:

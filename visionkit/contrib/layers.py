@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
+from torch.autograd import forward_ad
 
 __all__ = ["ConvLayer", "InvertedResidual", "make_divisible"]
 
@@ -45,17 +45,25 @@ def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = No
 
 
 def is_recording() -> bool:
-    """Whether TorchScript, a tracer, ``torch.compile`` or ``torch.export`` is recording the forward.
+    """Whether TorchScript, a tracer, ``torch.compile`` or ``torch.export`` records the forward, or a function
+    transform (``torch.func.vmap``/``grad``/``jvp``) or forward-mode AD (``torch.autograd.forward_ad``) runs it.
 
-    Eager-only speed-ups (memory layout, run-time BatchNorm folding, the fused training function) step aside then,
-    so that recorded graphs hold the plain operations and compilers make their own choices.
+    Eager-only speed-ups (memory layout, run-time BatchNorm folding, oneDNN's packed weights, the fused training
+    function) step aside then, so that recorded graphs hold the plain operations, compilers make their own choices,
+    and transforms see operations they have rules for (a packed oneDNN call would drop a forward-mode tangent).
     """
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
+        or in_function_transform()
     )
+
+
+def in_function_transform() -> bool:
+    """Whether ``torch.func`` (``vmap``, ``grad``, ``jvp``, ...) or ``torch.autograd.forward_ad`` runs the forward."""
+    return torch._C._functorch.peek_interpreter_stack() is not None or forward_ad._current_level >= 0
 
 
 class _BatchNormSiLU(torch.autograd.Function):
@@ -86,9 +94,15 @@ class _BatchNormSiLU(torch.autograd.Function):
         return nn.functional.silu(normalized)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: "torch.autograd.function.FunctionCtx", grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
         x, weight, bias, running_mean, running_var, mean, invstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # backward(create_graph=True), e.g. a gradient penalty: the gradients must carry their own graph, which
+            # the kernels below do not record (the batch statistics depend on x), so differentiate a recomputation.
+            wanted = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3]) if need]
+            out = nn.functional.silu(nn.functional.batch_norm(x, None, None, weight, bias, True, 0.0, ctx.eps))
+            grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None, None, None)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         scale = invstd * weight
         normalized = torch.addcmul((bias - mean * scale).view(shape), x, scale.view(shape))
@@ -195,6 +209,9 @@ def _weight_sources(conv: nn.Conv2d, norm: Optional[nn.Module]) -> tuple[Optiona
         norm_params.get("bias"),
         norm_buffers.get("running_mean"),
         norm_buffers.get("running_var"),
+        # The BatchNorm kernel updates the running statistics in place without bumping their version counters;
+        # the module's own num_batches_tracked.add_(1) alongside does bump its counter.
+        norm_buffers.get("num_batches_tracked"),
     )
 
 
@@ -330,9 +347,12 @@ class ConvLayer(nn.Module):
     In eager eval mode on CPU the BatchNorm is folded into the convolution's weight and bias at run time (one kernel
     instead of two; :func:`~visionkit.contrib.fuse_batchnorm` does the same once and for all). Without gradients the
     layer keeps the folded weight and bias (one extra copy of the convolution's parameters) and reuses them until
-    one of their inputs changes: an in-place update, a new parameter or buffer, ``eps``, or a move to another
-    dtype or device. With gradients the fold is recomputed on each call, so it trains the BatchNorm's affine
-    parameters. ``train()`` drops the copy, and pickles and deep copies leave it out. On CPU, for float32
+    one of their inputs changes: an in-place update, a new parameter or buffer, ``eps``, a BatchNorm update of the
+    running statistics, or a move to another dtype or device. With gradients the fold is recomputed on each call,
+    so it trains the BatchNorm's affine parameters, and the copy is dropped (an optimizer step, which fused
+    optimizers take without bumping version counters, may follow). ``train()`` and ``eval()`` drop the copy too, and
+    pickles and deep copies leave it out. In-place edits through ``.data`` are invisible to version counters (as
+    they are to autograd): call ``model.eval()`` after them. On CPU, for float32
     ``channels_last`` inputs without gradients, the layer (fused or not) also keeps its weight reordered once into
     oneDNN's blocked layout and calls oneDNN with it, instead of letting ``F.conv2d`` reorder the plain weight on
     every call. That is a second copy of the weight. Small batch-1 inputs, which ``F.conv2d`` gives to PyTorch's own
@@ -407,9 +427,8 @@ class ConvLayer(nn.Module):
         super().__setstate__(state)
 
     def train(self, mode: bool = True) -> "ConvLayer":
-        """Set training mode (see :meth:`torch.nn.Module.train`); leaving eval mode drops the folded weights."""
-        if mode:
-            self._folded_cache = None
+        """Set training mode (see :meth:`torch.nn.Module.train`); either mode drops the cached inference weights."""
+        self._folded_cache = None
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -419,6 +438,10 @@ class ConvLayer(nn.Module):
         if is_recording() or not _runs_unobserved(block, conv, norm, act) or type(conv) is not nn.Conv2d:
             # Hooks must see every module's own call, and a replaced convolution must run its own forward.
             return block(x)
+        if torch.is_grad_enabled():
+            # Part of a training step: the weights may next change where no version counter sees it (fused
+            # optimizers write in place without bumping them), so the next inference call rebuilds the cache.
+            self._folded_cache = None
         if norm is not None and _can_fold_batchnorm(norm):
             y = _conv_with_folded_batchnorm(conv, norm, x, self)
         elif norm is None and x.device.type == "cpu" and not torch.is_grad_enabled():
