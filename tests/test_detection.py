@@ -379,3 +379,33 @@ def test_postprocess_looks_past_suppressed_candidates() -> None:
     (result,) = post(torch.zeros(1, 35, 4), probs.log()[None], anchors, (1, 1))
     assert result["labels"].tolist() == [1, 2, 2]
     torch.testing.assert_close(result["scores"], torch.stack([probs[0, 1], probs[30, 2], probs[31, 2]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_batched_nms_stays_per_class_in_half_precision_at_high_labels(dtype) -> None:
+    # At label 80 the class shift puts coordinates near 26,000, where fp16 steps by 16 and bf16 by 128.
+    overlapping = torch.tensor([[100.0, 100.0, 150.0, 150.0], [108.0, 100.0, 158.0, 150.0], [0.0, 0.0, 320.0, 320.0]])
+    disjoint = torch.tensor([[100.0, 100.0, 150.0, 150.0], [200.0, 100.0, 250.0, 150.0], [0.0, 0.0, 320.0, 320.0]])
+    scores, labels = torch.tensor([0.9, 0.8, 0.7], dtype=dtype), torch.tensor([80, 80, 1])
+    assert batched_nms(overlapping.to(dtype), scores, labels, 0.5).tolist() == [0, 2]  # IoU 0.72 within label 80
+    assert batched_nms(disjoint.to(dtype), scores, labels, 0.5).tolist() == [0, 1, 2]
+
+
+def test_batched_nms_keeps_boxes_without_area_and_lets_them_suppress_nothing() -> None:
+    boxes = torch.tensor([[10.0, 10.0, 10.0, 50.0], [0.0, 0.0, 20.0, 20.0], [1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 5.0, 5.0]])
+    scores = torch.tensor([0.95, 0.9, 0.8, 0.85])
+    keep = batched_nms(boxes, scores, torch.tensor([1, 1, 1, 1]), 0.5)
+    assert keep.tolist() == [0, 1, 3]  # box 2 overlaps box 1 (IoU 0.90); the empty boxes 0 and 3 stay
+
+
+def test_batched_nms_equals_nms_run_label_by_label() -> None:
+    torch.manual_seed(0)
+    corners = torch.rand(300, 2) * 300
+    boxes = torch.cat((corners, corners + 5 + torch.rand(300, 2) * 60), dim=1)
+    scores, labels = torch.rand(300), torch.randint(0, 81, (300,))
+    expected = []
+    for label in labels.unique():
+        index = torch.nonzero(labels == label).flatten()
+        expected.extend(index[nms(boxes[index], scores[index], 0.45)].tolist())
+    expected.sort(key=lambda i: -scores[i].item())
+    assert batched_nms(boxes, scores, labels, 0.45).tolist() == expected

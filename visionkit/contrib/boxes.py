@@ -64,7 +64,9 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     """Non-maximum suppression within each label, with :func:`kornia.geometry.bbox.nms`.
 
     Boxes of different labels are shifted apart by more than the coordinate span so that they never overlap, then
-    one NMS runs over all of them.
+    one NMS runs over all of them, in float64 whatever the boxes' dtype (the shift reaches tens of thousands, where
+    half precision rounds coordinates to multiples of 16 or more). A box without area overlaps nothing (IoU 0): it
+    is kept and suppresses nothing.
 
     Args:
         boxes: :math:`(N, 4)` boxes ``(x1, y1, x2, y2)``.
@@ -82,9 +84,17 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     """
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = (boxes.max() - boxes.min()).to(boxes.dtype) + 1
-    shifted = boxes + (labels.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    exact = boxes.double()
+    span = exact.max() - exact.min() + 1
+    shifted = exact + (labels.double() * span)[:, None]
+    has_area = (exact[:, 2] > exact[:, 0]) & (exact[:, 3] > exact[:, 1])
+    if bool(has_area.all()):
+        return nms(shifted, scores.double(), iou_threshold)
+    # kornia's IoU of two empty boxes is 0/0; boxes without area take no part in the suppression.
+    with_area = torch.nonzero(has_area).flatten()
+    kept = torch.cat((with_area[nms(shifted[with_area], scores[with_area].double(), iou_threshold)],
+                      torch.nonzero(~has_area).flatten()))
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
 def _check_fraction(name: str, value: float) -> None:
