@@ -690,3 +690,113 @@ def test_every_official_key_listing_loads(file: str, name: str) -> None:
                     for k, s in shapes.items()}
         report = load_checkpoint(model, official, source="cvnets")
     assert report.complete and len(report.loaded) == len(shapes)
+
+
+# ------------------------------------------------------------------------------------------ review findings
+
+
+def test_a_head_whose_name_starts_with_the_backbone_name_is_still_a_head() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = MobileViT(mode="xxs")
+            self.backbone_head = ClassificationHead(320, 1000)
+
+    official = official_state("v1_xxs")
+    model = Net()
+    report = load_checkpoint(model, official)
+    assert report.complete and not report.skipped
+    assert torch.equal(model.backbone_head.fc.weight, official["classifier.fc.weight"].float())
+    assert "classifier.fc.weight" in convert_state_dict(model, "cvnets")
+
+
+def _detector_sequential(**head_options) -> nn.Sequential:
+    from visionkit.contrib import FeatureExtractor, SSDLiteHead
+
+    features = FeatureExtractor(MobileViT(mode="xxs", expand_output=False), indices=(3, 4))
+    return nn.Sequential(features, SSDLiteHead(features.channels, num_classes=81, **head_options))
+
+
+def test_detection_models_save_in_the_official_layout_and_load_back() -> None:
+    model = randomize_(_detector_sequential(), calibrate=False)
+    official = convert_state_dict(model, "cvnets")
+    assert "encoder.conv_1.block.conv.weight" in official
+    assert any(k.startswith("extra_layers.") for k in official) and any(k.startswith("ssd_heads.") for k in official)
+    fresh = _detector_sequential()
+    assert load_checkpoint(fresh, official).complete
+    assert_state_equal(fresh, model.state_dict())
+
+
+def test_file_keys_a_head_claims_but_lacks_are_unexpected_not_a_crash() -> None:
+    official = convert_state_dict(randomize_(_detector_sequential(), calibrate=False), "cvnets")
+    # built without the first projection layer (the stride-16 map already has the projected width)
+    model = _detector_sequential(proj_channels=(64, 80, 256, 128, 128, 64))
+    before = state_copy(model)
+    with pytest.raises(ValueError, match="unexpected keys: ssd_heads.0.proj_layer"):
+        load_checkpoint(model, official)
+    assert_state_equal(model, before)
+    stray = {**official_state("v1_xxs"), "classifier.fc.extra": torch.zeros(3)}
+    with pytest.raises(ValueError, match="1 unexpected keys: classifier.fc.extra"):
+        load_checkpoint(classifier(MobileViT(mode="xxs")), stray)
+    report = load_checkpoint(classifier(MobileViT(mode="xxs")), stray, strict=False)
+    assert report.unexpected == ("classifier.fc.extra",)
+
+
+def test_visionkit_layout_moves_heads_between_wrappers_and_skips_them_for_a_bare_backbone(tmp_path) -> None:
+    from visionkit.contrib import SSDLite
+
+    sequential = randomize_(_detector_sequential(), calibrate=False)
+    state = convert_state_dict(sequential, "visionkit")
+    fresh = _detector_sequential()
+    detector = SSDLite(fresh[0], fresh[1])
+    report = load_checkpoint(detector, state)
+    assert report.complete
+    for key, value in sequential[1].state_dict().items():
+        assert torch.equal(detector.head.state_dict()[key], value), key
+    bare = MobileViT(mode="xxs")
+    saved = classifier(randomize_(MobileViT(mode="xxs"), calibrate=False))
+    report = load_checkpoint(bare, convert_state_dict(saved, "visionkit"))
+    assert sorted(k for k, _ in report.skipped) == ["1.fc.bias", "1.fc.weight"]
+    assert_state_equal(bare, saved[0].state_dict())
+    with pytest.raises(ValueError, match="unexpected keys: 2.scale"):  # a model with heads: leftovers are errors
+        load_checkpoint(classifier(MobileViT(mode="xxs")), {**convert_state_dict(saved, "visionkit"),
+                                                            "2.scale": torch.zeros(1)})
+
+
+def test_channels_last_models_save_as_safetensors_in_every_layout(tmp_path: pathlib.Path) -> None:
+    model = classifier(MobileViT(mode="xxs")).to(memory_format=torch.channels_last)
+    for layout in ("visionkit", "cvnets"):
+        path = tmp_path / f"{layout}.safetensors"
+        save_checkpoint(model, path, layout)
+        assert load_checkpoint(classifier(MobileViT(mode="xxs")), path).complete
+
+
+def test_saving_into_a_missing_folder_is_a_file_not_found_error(tmp_path: pathlib.Path) -> None:
+    for suffix in (".pt", ".safetensors"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            save_checkpoint(MobileViT(mode="xxs"), tmp_path / "missing" / f"w{suffix}")
+
+
+def test_sha256_is_checked_for_local_files_and_hf_folders_are_read(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "w.pt"
+    save_checkpoint(MobileViT(mode="xxs"), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert read_checkpoint(path, sha256=digest)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        read_checkpoint(path, sha256="0" * 64)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_checkpoint(MobileViT(mode="xxs"), folder / "model.safetensors", "hf")
+    assert load_checkpoint(MobileViT(mode="xxs"), folder).source == "hf"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without model.safetensors"):
+        read_checkpoint(tmp_path / "empty")
+
+
+def test_failure_messages_point_at_the_stem_channels_and_skip_unrelated_hints() -> None:
+    with pytest.raises(ValueError, match=r"stem takes 1 input channels, the checkpoint's 3: build with in_channels=3"):
+        load_checkpoint(MobileViT(mode="xxs", in_channels=1), official_state("v1_xxs"))
+    v2 = official_state("v2_050")
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(MobileViT(mode="xxs"), v2)
+    assert "conv_1x1_exp" not in str(info.value).split("missing keys")[-1].split("\n", 1)[-1]

@@ -136,3 +136,21 @@ def test_weights_for_a_non_released_width_are_refused() -> None:
 
     with pytest.raises(ValueError, match="not a released variant"):
         load_weights(MobileViTv2(0.6), "cvnets-in1k")
+
+
+def test_weights_of_another_variant_are_refused_before_anything_is_read(tmp_path: pathlib.Path) -> None:
+    model = MobileViT(mode="xxs")
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="holds mobilevit_xs weights, but the model is mobilevit_xxs"):
+        load_weights(model, "mobilevit_xs.cvnets-in1k", path=tmp_path / "never-read.pt", strict=False)
+    with pytest.raises(ValueError, match="holds mobilevit_xs weights"):
+        load_weights(model, get_weights("mobilevit_xs"), path=tmp_path / "never-read.pt")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_stem_that_cannot_be_flipped_is_refused_before_loading() -> None:
+    model = MobileViT(mode="xxs", in_channels=1)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="only 3-channel stems can be flipped"):
+        load_weights(model, "cvnets-in1k", path=DATA / "v1_xxs_cls.pt", strict=False, channel_order="RGB")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -232,9 +232,10 @@ def read_checkpoint(
     """Read a checkpoint into a flat ``{key: tensor}`` dict, safely.
 
     Args:
-        checkpoint: a path (``.pt``, ``.pth``, ``.bin``, ``.safetensors``), an ``http(s)://`` or ``file://`` URL
+        checkpoint: a path (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, or a Hugging Face ``save_pretrained``
+            folder holding ``model.safetensors`` or ``pytorch_model.bin``), an ``http(s)://`` or ``file://`` URL
             (downloaded once into ``torch.hub.get_dir()/checkpoints`` with a progress bar), or an in-memory dict.
-        sha256: expected SHA-256 of a downloaded file (checked on every use when given).
+        sha256: expected SHA-256 of the file, downloaded or local (checked on every use when given).
         progress: show a progress bar while downloading.
         notes: if given, a list that receives what was unwrapped or stripped.
 
@@ -267,8 +268,25 @@ def read_checkpoint(
         notes.append(f"read {location} (cached at {path})")
     else:
         path = location
+        if os.path.isdir(path):
+            found = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, n))]
+            if not found:
+                raise FileNotFoundError(
+                    f"{path!r} is a folder without model.safetensors or pytorch_model.bin; give the weights file"
+                )
+            path = os.path.join(path, found[0])  # a Hugging Face save_pretrained folder
+        if sha256 is not None:
+            _check_file_sha256(path, sha256)
         notes.append(f"read {path}")
     return _unwrap(_read_file(path), notes)
+
+
+def _check_file_sha256(path: str, sha256: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+    actual = _sha256_of(path)
+    if actual != sha256.lower():
+        raise ValueError(f"checksum mismatch for {path!r}: expected sha256 {sha256}, got {actual}")
 
 
 # --------------------------------------------------------------------------------------------- the model side
@@ -290,6 +308,11 @@ def _is_head(module: nn.Module) -> bool:
     return isinstance(getattr(module, "cvnets_prefixes", None), tuple) and callable(getattr(module, "cvnets_key", None))
 
 
+def _within(key: str, prefix: str) -> bool:
+    """Whether ``key`` names ``prefix`` itself or something inside it (module names are dot-separated)."""
+    return key == prefix or key.startswith(prefix + ".")
+
+
 def _locate(model: nn.Module) -> _Target:
     check_type("model", model, nn.Module)
     backbones = [(name, m) for name, m in model.named_modules() if isinstance(m, MobileViTBackbone)]
@@ -304,7 +327,8 @@ def _locate(model: nn.Module) -> _Target:
             "load each one separately"
         )
     name, backbone = backbones[0]
-    heads = [(n, m) for n, m in model.named_modules() if _is_head(m) and not n.startswith(name)]
+    # A head is any module outside the backbone's subtree ("backbone_head" is not inside "backbone").
+    heads = [(n, m) for n, m in model.named_modules() if _is_head(m) and name and not _within(n, name)]
     return _Target(model, backbone, name + "." if name else "", heads)
 
 
@@ -312,6 +336,8 @@ def _export_head_key(head: nn.Module, key: str, family: str) -> str:
     exporter = getattr(head, "cvnets_export_key", None)
     if callable(exporter):
         return exporter(key, family)
+    if key.startswith(head.cvnets_prefixes) and head.cvnets_key(key) == key:  # heads that mirror the official tree
+        return key
     for prefix in head.cvnets_prefixes:
         if head.cvnets_key(prefix + key) == key:
             return prefix + key
@@ -435,12 +461,20 @@ class _Plan:
 
 
 def _take_head_key(target: _Target, official: str) -> Optional[str]:
+    """Model key of the head tensor that takes the official key ``official``, or ``None`` if no head has it."""
     for name, head in target.heads:
         if official.startswith(head.cvnets_prefixes):
             own = head.cvnets_key(official)
-            if own is not None:
+            if own is not None and own in head.state_dict():
                 return f"{name}.{own}" if name else own
     return None
+
+
+def _claimed_by_head(target: _Target, official: str) -> bool:
+    """Whether one of the model's heads takes keys with the prefix of ``official`` (a key it lacks is then a
+    mismatch between file and head, e.g. projection layers the head was built without, not a head to skip)."""
+    return any(official.startswith(head.cvnets_prefixes) and head.cvnets_key(official) is not None
+               for _, head in target.heads)
 
 
 def _complete_backbone_keys(backbone: MobileViTBackbone) -> list[str]:
@@ -484,6 +518,8 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
         if taken is not None:
             plan.tensors[taken] = tensor
             plan.origin[taken] = file_key[key]
+        elif any(_claimed_by_head(target, c) for c in candidates):
+            plan.unexpected.append(file_key[key])
         elif any(c.startswith(TRAINING_ONLY_PREFIXES) for c in candidates):
             plan.skipped.append((file_key[key], "training-only auxiliary head"))
         elif any(c.startswith(OFFICIAL_HEAD_PREFIXES) for c in candidates):
@@ -516,15 +552,42 @@ def _plan_visionkit(target: _Target, state: StateDict) -> _Plan:
     own = target.model.state_dict()
     # The backbone may sit under a different prefix in the file (saved bare, loaded wrapped, or the reverse).
     prefix = next((k[: -len(_STEM)] for k in state if k.endswith(_STEM)), target.backbone_prefix)
+    backbone_keys = target.backbone.state_dict()
+    rest: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
-        if key.startswith(prefix) and key[len(prefix) :] in target.backbone.state_dict():
+        if key.startswith(prefix) and key[len(prefix) :] in backbone_keys:
             plan.tensors[target.backbone_prefix + key[len(prefix) :]] = tensor
         elif key in own and not key.startswith(target.backbone_prefix):
             plan.tensors[key] = tensor
         else:
+            rest[key] = tensor
+    # Heads under another name in the file (saved from nn.Sequential(features, head), loaded into SSDLite's .head).
+    for name, head in target.heads:
+        head_keys = set(head.state_dict())
+        for file_prefix in _head_prefixes(rest, head_keys):
+            taken = {k: k[len(file_prefix) + 1 :] for k in rest if k.startswith(file_prefix + ".")}
+            if set(taken.values()) == head_keys and all(f"{name}.{k}" not in plan.tensors for k in head_keys):
+                for file_key, own_key in taken.items():
+                    plan.tensors[f"{name}.{own_key}"] = rest.pop(file_key)
+                    plan.origin[f"{name}.{own_key}"] = file_key
+                break
+    for key in rest:
+        if target.heads:
             plan.unexpected.append(key)
+        else:  # a bare backbone or feature extractor: the file's heads are skipped, as in the official layouts
+            plan.skipped.append((key, "outside the backbone; the model has no head that takes it"))
     plan.missing = [k for k in own if k not in plan.tensors]
     return plan
+
+
+def _head_prefixes(state: Mapping[str, Any], head_keys: set[str]) -> list[str]:
+    """Module names under which ``state`` might hold a head whose own state-dict keys are ``head_keys``."""
+    found: dict[str, None] = {}
+    for key in state:
+        for head_key in head_keys:
+            if key.endswith("." + head_key):
+                found[key[: -len(head_key) - 1]] = None
+    return list(found)
 
 
 def _check_shapes(target: _Target, plan: _Plan) -> None:
@@ -558,9 +621,22 @@ def _failure_message(target: _Target, plan: _Plan, source: str, state: StateDict
         guess = _guess_variant(guess_state, source)
         if guess is not None:
             lines.append(f"the checkpoint looks like {guess}")
-    if plan.missing and any(k.endswith("conv_1x1_exp.block.conv.weight") for k in plan.missing):
-        lines.append("official detection/segmentation backbones have no conv_1x1_exp: build with expand_output=False")
-    lines.append("pass strict=False to load what fits anyway (the report lists what was left out)")
+    stem = target.backbone_prefix + _STEM
+    for key, want, have in plan.mismatched:
+        if key == stem and len(want) == len(have) == 4 and want[1] != have[1] and want[0] == have[0]:
+            lines.append(
+                f"the model's stem takes {want[1]} input channels, the checkpoint's {have[1]}: build with "
+                f"in_channels={have[1]}, or load with strict=False and initialise the stem yourself"
+            )
+    if plan.missing and all("conv_1x1_exp." in k for k in plan.missing):
+        lines.append(
+            "official detection/segmentation backbones have no conv_1x1_exp: build with expand_output=False "
+            "(visionkit convert: --no-expand)"
+        )
+    lines.append(
+        "pass strict=False to load what fits anyway (the report lists what was left out; visionkit convert is always "
+        "strict)"
+    )
     return "\n  ".join(lines)
 
 
@@ -588,7 +664,7 @@ def load_checkpoint(
             keys), or ``"auto"`` to detect from sentinel keys (the report says which was found).
         strict: raise on any missing, unexpected or mismatched tensor. ``False`` loads what fits and lists the rest
             in the report; it is only ever the caller's choice.
-        sha256: expected SHA-256 of a downloaded file.
+        sha256: expected SHA-256 of the file (downloaded or local).
         progress: show a download progress bar.
 
     Returns:
@@ -666,7 +742,8 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
 
     Raises:
         TypeError: ``model`` holds no MobileViT backbone.
-        ValueError: unknown layout, or a head that has no key in that layout (timm has no segmentation head).
+        ValueError: unknown layout, or a head that has no key in that layout (timm has no segmentation head,
+            neither timm nor Hugging Face a detection head).
 
     Example:
         >>> from visionkit.contrib import MobileViT
@@ -678,8 +755,8 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
     check_type("layout", layout, str)
     check_choice("layout", layout, ("cvnets", "timm", "hf", "visionkit"))
     own = model.state_dict()
-    if layout == "visionkit":
-        return {k: v.detach().clone() for k, v in own.items()}
+    if layout == "visionkit":  # contiguous: safetensors refuses e.g. the weights of a channels_last model
+        return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in own.items()}
     official = _official_keys(target)
     encoder = layout == "cvnets" and any(
         not set(h.cvnets_prefixes) <= {"classifier."} for _, h in target.heads
@@ -715,10 +792,14 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout
     Raises:
         TypeError: ``model`` holds no MobileViT backbone or ``path`` is not a path.
         ValueError: see :func:`convert_state_dict`.
+        FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("path", path, (str, os.PathLike))
-    state = convert_state_dict(model, layout)
     location = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(location))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder to write {location!r} into does not exist: {folder!r}")
+    state = convert_state_dict(model, layout)
     if location.endswith(".safetensors"):
         from safetensors.torch import save_file
 
@@ -729,6 +810,14 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout
 
 
 # --------------------------------------------------------------------------------------------- channel order
+
+
+def _flippable_stem(model: nn.Module) -> nn.Conv2d:
+    """The stem convolution of ``model``'s backbone, after checking that its input channels can be reversed."""
+    conv = _locate(model).backbone.conv_1.block.conv
+    if conv.in_channels != 3:
+        raise ValueCheckError(f"only 3-channel stems can be flipped; this one takes {conv.in_channels} channels")
+    return conv
 
 
 def flip_stem_channels(model: nn.Module) -> nn.Module:
@@ -749,10 +838,7 @@ def flip_stem_channels(model: nn.Module) -> nn.Module:
         >>> torch.allclose(flip_stem_channels(model)(x), reference, atol=1e-6)
         True
     """
-    target = _locate(model)
-    conv = target.backbone.conv_1.block.conv
-    if conv.in_channels != 3:
-        raise ValueCheckError(f"only 3-channel stems can be flipped; this one takes {conv.in_channels} channels")
+    conv = _flippable_stem(model)
     with torch.no_grad():
         conv.weight.copy_(conv.weight.flip(1))
     return model

@@ -24,7 +24,7 @@ from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
 from ._checks import check_choice, check_type
-from .checkpoint import LoadReport, _locate, flip_stem_channels, load_checkpoint
+from .checkpoint import LoadReport, _flippable_stem, _locate, flip_stem_channels, load_checkpoint
 
 __all__ = ["WeightsEntry", "get_weights", "list_weights", "load_weights"]
 
@@ -298,6 +298,12 @@ def load_weights(
             entry = get_weights(*weights.split(".", 1))
         else:
             entry = get_weights(_variant_of(model), weights)
+    model_variant = _variant_of(model)
+    if entry.variant != model_variant:
+        raise ValueCheckError(f"{entry.name} holds {entry.variant} weights, but the model is {model_variant}")
+    flip = channel_order not in ("native", entry.channel_order)
+    if flip:
+        _flippable_stem(model)  # refuse before anything is loaded
     if path is None and not entry.direct_download:
         raise ValueCheckError(f"{entry.name} cannot be downloaded automatically: {entry.notes}")
     report = load_checkpoint(
@@ -305,7 +311,7 @@ def load_weights(
         progress=progress,
     )
     order = entry.channel_order
-    if channel_order not in ("native", order):
+    if flip:
         flip_stem_channels(model)
         order = channel_order
     note = f"{entry.name}: the model now expects {order} input in [0, 1] (no mean/std)"
