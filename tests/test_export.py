@@ -214,3 +214,42 @@ def test_aoti_export_runs_in_eval_mode_and_leaves_every_module_in_its_own_mode(t
         expected = copy.deepcopy(model).eval()(x)
         torch.testing.assert_close(package(x), expected, atol=1e-5, rtol=1e-5)  # BatchNorm ran on running statistics
     assert _modes(model) == modes
+
+
+def test_cli_reads_an_official_classification_file_and_refuses_another_variant(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    official = Path(__file__).parent / "data" / "v1_xxs_cls.pt"  # official keys, classifier included
+    out = tmp_path / "xxs.onnx"
+    argv = ["export", "mobilevit_xxs", "--format", "onnx", "-o", str(out), "--size", "64", "64"]
+    assert main([*argv, "--weights", str(official)]) == 0
+    assert "cvnets layout" in capsys.readouterr().out
+    blob = torch.load(official, weights_only=True)
+    model = MobileViT("xxs").eval()
+    model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items() if not k.startswith("classifier.")})
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run_onnx(out, x), model(x).numpy(), atol=1e-4, rtol=1e-4)
+    wrong = ["export", "mobilevit_s", "--format", "onnx", "-o", str(tmp_path / "s.onnx"), "--weights", str(official)]
+    assert main(wrong) == 2
+    assert "visionkit export: error: the checkpoint (cvnets layout) does not fit" in capsys.readouterr().err
+
+
+def test_exports_take_the_channels_of_a_wrapped_backbone_and_name_every_output(tmp_path: Path) -> None:
+    from visionkit.contrib import ClassificationHead, FeatureExtractor, SSDLiteHead, export_program
+
+    one_channel = nn.Sequential(MobileViT("xxs", in_channels=1), ClassificationHead(320, 10)).eval()
+    program = export_program(one_channel, dynamic=False, input_size=(64, 64), batch=1)
+    assert program.module()(torch.rand(1, 1, 64, 64)).shape == (1, 10)
+    features = FeatureExtractor(MobileViT("xxs", expand_output=False), indices=(3, 4))
+    detector = nn.Sequential(features, SSDLiteHead(features.channels, num_classes=5)).eval()
+    with pytest.raises(ValueError, match="SSDLiteHead export with fixed height and width"):
+        export_onnx(detector, tmp_path / "dynamic.onnx", dynamic=True)
+    out = export_onnx(detector, tmp_path / "det.onnx", input_size=(320, 320))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["output_0", "output_1"]
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        expected = detector(x)
+    for got, want in zip(session.run(None, {"images": x.numpy()}), expected):
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)

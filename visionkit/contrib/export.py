@@ -52,7 +52,10 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
         raise ValueError(f"input_size must be (height, width), got {tuple(input_size)!r}")
     for value in input_size:
         check_positive_int("input_size[...]", value)
-    channels = getattr(model, "in_channels", 3)
+    from .backbone import MobileViTBackbone
+
+    backbone = next((m for m in model.modules() if isinstance(m, MobileViTBackbone)), None)
+    channels = backbone.in_channels if backbone is not None else getattr(model, "in_channels", 3)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
@@ -111,7 +114,8 @@ def export_program(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``input_size`` is not two positive ints (at least :data:`MIN_DYNAMIC_SIZE` when dynamic).
+        ValueError: ``input_size`` is not two positive ints (at least :data:`MIN_DYNAMIC_SIZE` when dynamic), or
+            ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead`).
 
     Example:
         >>> from visionkit.contrib import MobileViTv2
@@ -124,6 +128,15 @@ def export_program(
     check_type("dynamic", dynamic, bool)
     check_positive_int("batch", batch)
     example = _example_input(model, batch, input_size)
+    if dynamic:
+        from .detection import SSDLiteHead
+
+        if any(isinstance(m, SSDLiteHead) for m in model.modules()):
+            raise ValueError(
+                "models with an SSDLiteHead export with fixed height and width (dynamic=False; for pt2, "
+                "dynamic_batch=True): the head's last map is 1x1 up to 256 pixels and larger above, two graphs "
+                "that one symbolic export cannot hold (SSDLite's anchors also follow the map sizes)"
+            )
     dynamic_shapes = _dynamic_shapes(input_size) if dynamic else None
     return torch.export.export(
         model, (example,), dynamic_shapes=dynamic_shapes, prefer_deferred_runtime_asserts_over_guards=True
@@ -182,10 +195,11 @@ def export_onnx(
         program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        outputs = len(program.graph_signature.user_outputs)
         onnx_program = torch.onnx.export(
             program,
             input_names=["images"],
-            output_names=["features"],
+            output_names=["features"] if outputs == 1 else [f"output_{i}" for i in range(outputs)],
             opset_version=opset,
             dynamo=True,
             optimize=True,
@@ -362,7 +376,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dynamic-batch", action="store_true", help="pt2: symbolic batch (height and width fixed)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, at least 17)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="trace size")
-    parser.add_argument("--weights", default=None, help="a state dict (.pt/.pth) to load into the backbone first")
+    parser.add_argument(
+        "--weights", default=None,
+        help="checkpoint to load into the backbone first (any layout load_checkpoint reads; strict)",
+    )
     parser.add_argument("--fuse", action="store_true", help="fold BatchNorm into the convolutions first")
     parser.set_defaults(run=_run)
 
@@ -377,8 +394,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--dynamic-batch is for --format pt2; onnx takes --dynamic (batch, height and width)")
     model = build_variant(args.model).eval()
     if args.weights is not None:
-        state = torch.load(args.weights, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
+        from .checkpoint import load_checkpoint
+
+        report = load_checkpoint(model, args.weights, progress=False)
+        print(f"loaded {len(report.loaded)} tensors from {args.weights} ({report.source} layout)")
     if args.fuse:
         model.fuse()
     size = tuple(args.size)
