@@ -77,3 +77,14 @@ def test_refused_input_from_the_shell_exits_with_2(program: list[str]) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().startswith("visionkit benchmark: error: variant name must be one of")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [(["--size", "0"], "--size must be at least 1, got 0"), (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+     (["--threads", "-2"], "--threads must be at least 0, got -2")],
+)
+def test_summary_refuses_bad_numbers_in_one_line(option, message, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "--family", "MobileViT", *option]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"visionkit summary: error: {message}" and captured.out == ""

@@ -41,7 +41,8 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
         width: input width :math:`W`.
 
     Returns:
-        Multiply-accumulates of one forward pass in evaluation mode (the module's training flag is restored).
+        Multiply-accumulates of one forward pass in evaluation mode, on an input of the first convolution's dtype
+        and device (every submodule's training flag is restored afterwards, also on error).
 
     Raises:
         StopIteration: ``model`` has no :class:`torch.nn.Conv2d` to take the input channels from.
@@ -50,13 +51,17 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
         >>> count_macs(nn.Conv2d(3, 8, 1, bias=False), 4, 4)
         384
     """
-    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-    was_training = model.training
+    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    weight = first_conv.weight
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, in_channels, height, width))
-    model.train(was_training)
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, first_conv.in_channels, height, width, dtype=weight.dtype, device=weight.device))
+    finally:
+        for module, training in modes:  # each module's own flag, also when the forward raises
+            module.training = training
     return counter.get_total_flops() // 2
 
 
@@ -122,6 +127,9 @@ def format_table(rows: list[VariantSummary], size: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for name, value, least in (("--size", args.size, 1), ("--repeats", args.repeats, 1), ("--threads", args.threads, 0)):
+        if value < least:  # refused before any model is built (the CLI prints one error line)
+            raise ValueError(f"{name} must be at least {least}, got {value}")
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
