@@ -186,3 +186,13 @@ def test_v1_at_1080x1920_does_not_materialise_the_attention_matrix(device: torch
     # layer_3: 68 x 120 patches per pixel position -> N = 8160 tokens; 4 heads x 4 positions x N^2 floats = 4.3 GB
     naive_attention_bytes = 4 * 4 * 8160**2 * 4
     assert peak < 1.5 * 2**30 < naive_attention_bytes
+
+
+def test_fuse_folds_sync_batchnorm_too() -> None:
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(MobileViT(mode="xxs")).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        model.fuse()
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

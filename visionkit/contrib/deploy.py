@@ -36,7 +36,8 @@ def fold_conv_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
         A convolution with a bias, on the same device and with the same dtype as ``conv``.
 
     Raises:
-        TypeError: the arguments are not a ``Conv2d`` and a ``BatchNorm2d``.
+        TypeError: the arguments are not a ``Conv2d`` and a ``BatchNorm2d`` (or ``SyncBatchNorm``, which is the same
+            computation in eval mode).
         ValueError: the channel counts differ, or the norm tracks no running statistics.
 
     Example:
@@ -45,9 +46,10 @@ def fold_conv_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
         >>> torch.allclose(fold_conv_batchnorm(conv, norm)(x), norm(conv(x)), atol=1e-6)
         True
     """
-    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
+    if not isinstance(conv, nn.Conv2d) or not isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)):
         raise TypeError(
-            f"expected an nn.Conv2d and an nn.BatchNorm2d, got {type(conv).__name__} and {type(norm).__name__}"
+            "expected an nn.Conv2d and an nn.BatchNorm2d or nn.SyncBatchNorm, "
+            f"got {type(conv).__name__} and {type(norm).__name__}"
         )
     if conv.out_channels != norm.num_features:
         raise ValueError(
