@@ -135,3 +135,46 @@ def test_any_size_and_batch_gives_the_documented_shape(name: str, batch: int, he
     expected = expected_level_sizes(get_variant(name), height, width)[-1]
     assert out.shape == (batch, backbone.out_channels, *expected)
     assert torch.isfinite(out).all()
+
+
+
+def test_a_variant_refuses_to_have_its_own_size_overridden() -> None:
+    with pytest.raises(TypeError, match=r"mobilevit_xxs fixes mode='xxs'; got mode='s'"):
+        build_variant("mobilevit_xxs", mode="s")
+    with pytest.raises(TypeError, match=r"mobilevitv2_050 fixes width_multiplier=0.5"):
+        build_variant("mobilevitv2_050", width_multiplier=2.0)
+    assert build_variant("mobilevitv2_050", output_stride=16).output_stride == 16
+
+
+def test_stage_strides_other_than_the_official_ones_are_refused() -> None:
+    import dataclasses
+
+    config = MobileViT(mode="xxs").config
+    with pytest.raises(ValueError, match="layer_2.stride must be 2"):
+        dataclasses.replace(config, layer_2=dataclasses.replace(config.layer_2, stride=1))
+    with pytest.raises(ValueError, match="layer_1.stride must be 1"):
+        dataclasses.replace(config, layer_1=dataclasses.replace(config.layer_1, stride=3))
+
+
+def test_reset_parameters_also_resets_the_batchnorm_statistics() -> None:
+    model = MobileViT(mode="xxs").train()
+    model(torch.rand(2, 3, 64, 64) * 5)
+    model.reset_parameters()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(m.running_mean, torch.zeros_like(m.running_mean)) for m in norms)
+    assert all(torch.equal(m.running_var, torch.ones_like(m.running_var)) for m in norms)
+    assert all(int(m.num_batches_tracked) == 0 for m in norms)
+
+
+def test_count_macs_restores_every_module_mode_and_follows_the_model_dtype() -> None:
+    from visionkit.contrib.summary import count_macs
+
+    model = MobileViT(mode="xxs").train()
+    model.layer_1.eval()  # a mixed state, as after freezing part of a model
+    modes = [m.training for m in model.modules()]
+    macs = count_macs(model, 64, 64)
+    assert [m.training for m in model.modules()] == modes
+    assert count_macs(model.double(), 64, 64) == macs
+    with pytest.raises(ValueError):
+        count_macs(model, 0, 64)
+    assert [m.training for m in model.modules()] == modes  # also after an error

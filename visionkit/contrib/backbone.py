@@ -236,7 +236,11 @@ class MobileViTBackbone(nn.Module):
         return nn.Sequential(downsample, block)
 
     def reset_parameters(self) -> None:
-        """Initialise as the official code does: Kaiming-normal convs, truncated-normal linears, unit norms."""
+        """Initialise as the official code does: Kaiming-normal convs, truncated-normal linears, unit norms.
+
+        BatchNorm running statistics are reset too (mean 0, variance 1, no batches tracked), as
+        :meth:`torch.nn.BatchNorm2d.reset_parameters` does, so nothing of earlier weights is left.
+        """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -249,6 +253,8 @@ class MobileViTBackbone(nn.Module):
             elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+                if isinstance(module, nn.BatchNorm2d):
+                    module.reset_running_stats()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Turn activation (gradient) checkpointing on or off.

@@ -107,6 +107,14 @@ class BackboneConfig:
     ffn_dropout: float = 0.0
     classifier_dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        # The backbone's feature strides (2, 4, 8, 16, 32), its output_stride dilation and the official key names
+        # all assume these two strides, as every official variant has them.
+        for name, stride in (("layer_1", 1), ("layer_2", 2)):
+            stage = getattr(self, name)
+            if stage.stride != stride:
+                raise ValueError(f"{name}.stride must be {stride} (stage strides are fixed), got {stage.stride}")
+
 
 _V1_BLOCK = BlockConfig(attention="multi_head", fusion="input", local_depthwise=False, dilate_local=False)
 _V3_V1_BLOCK = BlockConfig(attention="multi_head", fusion="local", local_depthwise=True, dilate_local=False)

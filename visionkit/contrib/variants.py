@@ -40,7 +40,18 @@ class Variant:
     builder: Callable[..., MobileViTBackbone]
 
     def build(self, **kwargs: Any) -> MobileViTBackbone:
-        """Build the backbone, passing ``kwargs`` (e.g. ``output_stride``) to the constructor."""
+        """Build the backbone, passing ``kwargs`` (e.g. ``output_stride``) to the constructor.
+
+        Raises:
+            TypeError: ``kwargs`` names an argument the variant fixes (``mode`` or ``width_multiplier``).
+        """
+        fixed = getattr(self.builder, "keywords", {})
+        clash = sorted(set(fixed) & set(kwargs))
+        if clash:
+            raise TypeError(
+                f"{self.name} fixes {', '.join(f'{k}={fixed[k]!r}' for k in clash)}; got {clash[0]}="
+                f"{kwargs[clash[0]]!r} (build another variant, or call {self.family}(...) directly)"
+            )
         return self.builder(**kwargs)
 
 
