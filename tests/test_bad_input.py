@@ -137,6 +137,27 @@ def test_any_size_and_batch_gives_the_documented_shape(name: str, batch: int, he
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 0, 64), (1, 3, 64, 0)])
+def test_zero_height_or_width_is_a_value_error_showing_the_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"height and width must be at least 1, got shape \(1, 3, (0, 64|64, 0)\)"):
+        MobileViT(mode="xxs")(torch.rand(shape))
+
+
+def test_classification_head_checks_its_feature_map() -> None:
+    from torch import nn
+
+    from visionkit.contrib import FeatureExtractor
+
+    head = ClassificationHead(320, 10)
+    unexpanded = nn.Sequential(MobileViT(mode="xxs", expand_output=False), head)
+    with pytest.raises(ValueError, match=r"\(B, 320, H, W\), got shape \(1, 80, 2, 2\); .*expand_output=False"):
+        unexpanded(torch.rand(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="takes one feature map .* got list; after a FeatureExtractor"):
+        nn.Sequential(FeatureExtractor(MobileViT(mode="xxs"), indices=(3, 4)), head)(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"got shape \(2, 320\)"):
+        head(torch.rand(2, 320))
+    assert head(torch.rand(2, 320, 3, 5)).shape == (2, 10)
+
 
 def test_a_variant_refuses_to_have_its_own_size_overridden() -> None:
     with pytest.raises(TypeError, match=r"mobilevit_xxs fixes mode='xxs'; got mode='s'"):
@@ -178,3 +199,21 @@ def test_count_macs_restores_every_module_mode_and_follows_the_model_dtype() -> 
     with pytest.raises(ValueError):
         count_macs(model, 0, 64)
     assert [m.training for m in model.modules()] == modes  # also after an error
+
+
+def test_anchor_and_box_helpers_check_their_inputs() -> None:
+    from visionkit.contrib import SSDAnchorGenerator, SSDLitePostProcess, decode_ssd_boxes
+
+    generator = SSDAnchorGenerator()
+    sizes = [(4, 4)] * generator.num_levels
+    with pytest.raises(ValueError, match=r"feature size 0 must be a \(height, width\) pair of ints, got \(20.5, 20\)"):
+        generator([(20.5, 20)] + sizes[1:])
+    with pytest.raises(ValueError, match="got 20"):
+        generator([20] * generator.num_levels)
+    with pytest.raises(TypeError, match="floating"):
+        generator(sizes, dtype=torch.int64)
+    anchors = generator(sizes)
+    with pytest.raises(TypeError, match="offsets"):
+        decode_ssd_boxes(anchors.numpy()[None], anchors)
+    with pytest.raises(TypeError, match="logits"):
+        SSDLitePostProcess()(torch.zeros(1, len(anchors), 4), torch.zeros(1, len(anchors), 3).numpy(), anchors, (64, 64))

@@ -42,10 +42,12 @@ def check_image(x: Any, channels: int) -> None:
 
     Raises:
         TypeError: ``x`` is not a tensor, or its dtype is not floating point.
-        ValueError: ``x`` is not 4-D, or its channel count differs from ``channels``.
+        ValueError: ``x`` is not 4-D, its channel count differs from ``channels``, or its height or width is 0.
     """
     KORNIA_CHECK_IS_TENSOR(x, "the input must be a batch of images of shape (B, C, H, W)")
     KORNIA_CHECK_SHAPE(x, ["B", str(channels), "H", "W"])
+    if x.shape[-2] < 1 or x.shape[-1] < 1:
+        raise ValueCheckError(f"the input's height and width must be at least 1, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeCheckError(
             f"the input must be a floating-point tensor (e.g. torch.float32), got dtype {x.dtype}; "

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from kornia.core.exceptions import ValueCheckError
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
 from ._checks import check_positive_int, check_type
@@ -133,15 +133,21 @@ class SSDAnchorGenerator(nn.Module):
             level, then ``y``, then ``x``, then anchor.
 
         Raises:
-            ValueError: the number of sizes differs from the number of levels, or a size is not a positive int.
+            TypeError: ``dtype`` is not a floating dtype.
+            ValueError: the number of sizes differs from the number of levels, or a size is not a pair of positive
+                ints.
         """
         if len(feature_sizes) != self.num_levels:
             raise ValueCheckError(
                 f"expected {self.num_levels} feature-map sizes (one per level), got {len(feature_sizes)}",
                 actual_value=len(feature_sizes),
             )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeCheckError(f"dtype must be a floating torch.dtype, got {dtype!r}", actual_type=type(dtype))
         levels = []
         for level, size in enumerate(feature_sizes):
+            if not isinstance(size, Sequence) or len(size) != 2 or any(isinstance(s, (float, bool)) for s in size):
+                raise ValueCheckError(f"feature size {level} must be a (height, width) pair of ints, got {size!r}")
             height, width = (int(s) for s in size)
             check_positive_int("feature height", height)
             check_positive_int("feature width", width)

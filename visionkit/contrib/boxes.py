@@ -41,6 +41,7 @@ def decode_ssd_boxes(
         :math:`(..., N, 4)` boxes ``(x1, y1, x2, y2)``.
 
     Raises:
+        TypeError: ``offsets`` or ``anchors`` is not a tensor.
         ValueError: the last dimension is not 4 or the anchor count differs.
 
     Example:
@@ -48,6 +49,8 @@ def decode_ssd_boxes(
         >>> decode_ssd_boxes(torch.zeros(1, 1, 4), anchors)
         tensor([[[0.4000, 0.3000, 0.6000, 0.7000]]])
     """
+    check_type("offsets", offsets, torch.Tensor)
+    check_type("anchors", anchors, torch.Tensor)
     if offsets.shape[-1] != 4 or offsets.dim() < 2:
         raise ValueCheckError(f"offsets must be (..., N, 4), got shape {tuple(offsets.shape)}")
     if anchors.dim() != 2 or anchors.shape[-1] != 4 or anchors.shape[0] != offsets.shape[-2]:
@@ -205,8 +208,11 @@ class SSDLitePostProcess(nn.Module):
             image_size: ``(H, W)`` of the network input, to scale boxes to pixels.
 
         Raises:
+            TypeError: ``offsets``, ``logits`` or ``anchors`` is not a tensor.
             ValueError: the shapes do not agree or ``image_size`` is not two positive ints.
         """
+        for name, value in (("offsets", offsets), ("logits", logits), ("anchors", anchors)):
+            check_type(name, value, torch.Tensor)
         if offsets.dim() != 3 or logits.dim() != 3 or offsets.shape[:2] != logits.shape[:2]:
             raise ValueCheckError(
                 f"offsets must be (B, N, 4) and logits (B, N, K) with the same B and N, got "

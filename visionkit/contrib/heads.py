@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Optional
 
-from kornia.core.exceptions import ValueCheckError
+import torch
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
 from ._checks import check_positive_int, check_type
@@ -54,6 +55,26 @@ class ClassificationHead(nn.Sequential):
         )
         self.in_channels = in_channels
         self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits :math:`(B, K)` of a feature map :math:`(B, C, H, W)`.
+
+        Raises:
+            TypeError: ``x`` is not a tensor (e.g. the list of a :class:`~visionkit.contrib.FeatureExtractor`).
+            ValueError: ``x`` is not 4-D with ``in_channels`` channels.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeCheckError(
+                f"ClassificationHead takes one feature map (B, {self.in_channels}, H, W), got {type(x).__name__}; "
+                "after a FeatureExtractor, pick one of its maps",
+                actual_type=type(x),
+            )
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueCheckError(
+                f"ClassificationHead takes a feature map (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
+                + ("; a backbone built with expand_output=False ends before its 1x1 expansion" if x.dim() == 4 else "")
+            )
+        return super().forward(x)
 
     #: Top-level prefixes of official cvnets checkpoint keys that this head owns (see :meth:`cvnets_key`).
     cvnets_prefixes: tuple[str, ...] = ("classifier.",)
