@@ -239,7 +239,7 @@ class MobileViTBackbone(nn.Module):
         """Initialise as the official code does: Kaiming-normal convs, truncated-normal linears, unit norms.
 
         BatchNorm running statistics are reset too (mean 0, variance 1, no batches tracked), as
-        :meth:`torch.nn.BatchNorm2d.reset_parameters` does, so nothing of earlier weights is left.
+        ``torch.nn.BatchNorm2d.reset_parameters`` does, so nothing of earlier weights is left.
         """
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
