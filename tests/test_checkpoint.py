@@ -793,9 +793,29 @@ def test_sha256_is_checked_for_local_files_and_hf_folders_are_read(tmp_path: pat
         read_checkpoint(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("channels", [1, 4, 6])
+def test_three_channel_weights_load_into_other_channel_counts(channels: int) -> None:
+    official = official_state("v1_xxs")
+    rgb = MobileViT(mode="xxs").double().eval()
+    load_checkpoint(rgb, official)
+    model = MobileViT(mode="xxs", in_channels=channels).double().eval()
+    report = load_checkpoint(model, official)
+    assert report.complete and f"in_channels={channels}" in report.notes[-1]
+    x = torch.rand(1, 3, 64, 64, dtype=torch.double)
+    with torch.no_grad():
+        if channels == 1:  # a grey image: the same as the 3-channel model on it repeated
+            torch.testing.assert_close(model(x[:, :1]), rgb(x[:, :1].repeat(1, 3, 1, 1)), rtol=1e-10, atol=1e-10)
+        elif channels == 6:  # repeated exactly twice and halved: the image given twice
+            torch.testing.assert_close(model(torch.cat((x, x), 1)), rgb(x), rtol=1e-10, atol=1e-10)
+    stem = official["conv_1.block.conv.weight"].double()
+    expected = stem.sum(1, keepdim=True) if channels == 1 else stem[:, [c % 3 for c in range(channels)]] * 3 / channels
+    torch.testing.assert_close(model.conv_1.block.conv.weight, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_failure_messages_point_at_the_stem_channels_and_skip_unrelated_hints() -> None:
-    with pytest.raises(ValueError, match=r"stem takes 1 input channels, the checkpoint's 3: build with in_channels=3"):
-        load_checkpoint(MobileViT(mode="xxs", in_channels=1), official_state("v1_xxs"))
+    one_channel = convert_state_dict(MobileViT(mode="xxs", in_channels=1))
+    with pytest.raises(ValueError, match=r"stem takes 3 input channels, the checkpoint's 1: build with in_channels=1"):
+        load_checkpoint(MobileViT(mode="xxs"), one_channel)
     v2 = official_state("v2_050")
     with pytest.raises(ValueError) as info:
         load_checkpoint(MobileViT(mode="xxs"), v2)

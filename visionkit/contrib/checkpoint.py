@@ -590,6 +590,28 @@ def _head_prefixes(state: Mapping[str, Any], head_keys: set[str]) -> list[str]:
     return list(found)
 
 
+def _adapt_stem(target: _Target, plan: _Plan, notes: list[str]) -> None:
+    """Fit a 3-channel (RGB/BGR) stem weight to a model built with another ``in_channels``.
+
+    One channel takes the sum over the three (a grey image then gives what the 3-channel model gives on that image
+    repeated); more channels repeat the three cyclically, scaled by ``3 / in_channels`` (for a multiple of 3, the
+    image repeated that many times then gives the 3-channel activations).
+    """
+    key = target.backbone_prefix + _STEM
+    tensor = plan.tensors.get(key)
+    channels = target.backbone.in_channels
+    if tensor is None or channels == 3 or tensor.dim() != 4 or tensor.shape[1] != 3:
+        return
+    weight = tensor.double()
+    if channels == 1:
+        adapted = weight.sum(1, keepdim=True)
+    else:
+        adapted = weight.repeat(1, -(-channels // 3), 1, 1)[:, :channels] * (3.0 / channels)
+    plan.tensors[key] = adapted  # float64: official fp16 weights would round the sums; the copy casts once
+    how = "summed over its 3 channels" if channels == 1 else f"its 3 channels repeated and scaled by 3/{channels}"
+    notes.append(f"adapted the checkpoint's 3-channel stem to in_channels={channels} ({how})")
+
+
 def _check_shapes(target: _Target, plan: _Plan) -> None:
     own = target.model.state_dict()
     for key in list(plan.tensors):
@@ -670,7 +692,8 @@ def load_checkpoint(
     Returns:
         A :class:`LoadReport`. Head weights the model has no head for (e.g. the classifier of a classification
         checkpoint loaded into a bare backbone) and training-only keys (``seg_head.aux_head.*``) are skipped and
-        listed there, not errors.
+        listed there, not errors. A 3-channel stem is adapted to a model built with another ``in_channels``
+        (summed for one channel, repeated and scaled by ``3 / in_channels`` for more), with a note.
 
     Raises:
         TypeError: ``model`` holds no MobileViT backbone, or ``checkpoint`` has the wrong type.
@@ -699,6 +722,7 @@ def load_checkpoint(
         detection = "given by the caller"
 
     plan = _plan_visionkit(target, state) if source == "visionkit" else _plan_cvnets_like(target, state, source, notes)
+    _adapt_stem(target, plan, notes)
     _check_shapes(target, plan)
     if strict and (plan.missing or plan.unexpected or plan.mismatched):
         raise ValueCheckError(_failure_message(target, plan, source, state))
