@@ -235,3 +235,107 @@ def test_header_names_the_cpu_generation_and_vector_width(tmp_path: Path) -> Non
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse avx avx2\n")
     assert benchmark._cpu_model(str(cpuinfo)) == "Some CPU (AVX2)"
     assert benchmark._cpu_model(str(tmp_path / "missing")) != ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "foo"], "--device must be cpu or cuda, got 'foo'"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--size", "0"], "--size must be at least 1, got 0"),
+        (["--batches", "1", "-1"], "--batches must be at least 1, got -1"),
+        (["--batches", "0"], "--batches must be at least 1, got 0"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--train-batch", "0"], "--train-batch must be at least 1, got 0"),
+        (["--highres", "-5", "10"], "--highres must be at least 1, got -5"),
+        (["--min-round-ms", "0"], "--min-round-ms must be positive, got 0.0"),
+        (["--train-variants", "mobilevitv3_xxs"], "mobilevitv3_xxs has no transformers counterpart"),
+        (["-o", "/nonexistent-folder/report.txt"], "the folder to write '/nonexistent-folder/report.txt' into"),
+    ],
+)
+def test_bad_options_are_one_error_line_before_anything_runs(argv, message, capsys, monkeypatch) -> None:
+    from visionkit.cli import main
+
+    monkeypatch.setattr(benchmark, "_latency_table", lambda *args: pytest.fail("the run started"))
+    assert main(["benchmark", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visionkit benchmark: error: ") and message in err, err
+
+
+def test_quick_changes_only_the_defaults() -> None:
+    args = benchmark.build_parser().parse_args(["--quick"])
+    benchmark._resolve_defaults(args)
+    assert (args.variants, args.rounds, args.train_variants, args.train_rounds) == (
+        ["mobilevit_xxs"], 3, ["mobilevit_xxs"], 2)
+    assert "vk_compiled" not in args.impls and "vk_eager" in args.impls
+    given = ["--quick", "--variants", "mobilevitv2_050", "--rounds", "7", "--impls", "vk_eager", "vk_compiled",
+             "--train-variants"]
+    args = benchmark.build_parser().parse_args(given)
+    benchmark._resolve_defaults(args)
+    assert (args.variants, args.rounds, args.impls, args.train_variants, args.train_rounds) == (
+        ["mobilevitv2_050"], 7, ["vk_eager", "vk_compiled"], [], 2)
+    args = benchmark.build_parser().parse_args([])
+    benchmark._resolve_defaults(args)
+    assert args.variants == list(benchmark.DEFAULT_VARIANTS) and args.rounds == 15 and args.impls == list(
+        benchmark.IMPLEMENTATIONS)
+
+
+def test_without_transformers_the_peers_are_refused_up_front_and_visionkit_rows_still_run(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    from visionkit.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    assert main(["benchmark", "--variants", "mobilevit_xxs", "--train-variants", "--highres-variants"]) == 2
+    assert "transformers is not installed" in capsys.readouterr().err
+
+    def no_transformers(name: str) -> None:
+        raise ModuleNotFoundError("No module named 'transformers'", name="transformers")
+
+    monkeypatch.setattr(benchmark, "_build_hf", no_transformers)  # only an hf row would call it
+    argv = ["benchmark", "--variants", "mobilevit_xxs", "--batches", "1", "--rounds", "1", "--size", "64",
+            "--impls", "vk_eager", "--train-variants", "--highres-variants"]
+    assert main(argv) == 0
+    assert re.search(r"^mobilevit_xxs\s+1\s+\d+\.\d", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys) -> None:
+    from visionkit import cli
+
+    def run(args) -> int:
+        raise ModuleNotFoundError("No module named 'onnxscript'", name="onnxscript")
+
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_run(parser(), "export", run))
+    assert cli.main(["export", "mobilevit_xxs", "-o", "x.onnx"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "visionkit export: error: this command needs onnxscript, which is not installed (pip install -e '.[export]')")
+
+
+def _with_run(parser, command: str, run):
+    for action in parser._subparsers._group_actions:
+        action.choices[command].set_defaults(run=run)
+    return parser
+
+
+def test_high_resolution_runs_under_the_requested_autocast(capsys, monkeypatch) -> None:
+    dtypes = []
+    forward = benchmark._under_autocast
+
+    def recording(fn, device, dtype):
+        wrapped = forward(fn, device, dtype)
+
+        def run():
+            out = wrapped()
+            dtypes.append(out.dtype)
+            return out
+
+        return run
+
+    monkeypatch.setattr(benchmark, "_under_autocast", recording)
+    argv = ["--variants", "--train-variants", "--highres", "64", "96", "--highres-variants", "mobilevit_xxs",
+            "--autocast", "bf16"]
+    assert benchmark.main(argv) == 0
+    assert "## High resolution, batch 1, 64x96, torch.autocast bf16" in capsys.readouterr().out
+    assert dtypes and set(dtypes) == {torch.bfloat16}

@@ -5,8 +5,9 @@ and sets its ``run`` default to a callable taking the parsed namespace and retur
 
 A command that refuses its input (a misspelt variant, a checkpoint that does not fit, a file that cannot be read or
 written) raises ``ValueError``, ``TypeError`` or ``OSError``; :func:`main` prints the message after
-``visionkit COMMAND: error:``, as argparse does for its own errors, and returns 2. ``--traceback`` lets the
-exception through instead.
+``visionkit COMMAND: error:``, as argparse does for its own errors, and returns 2. A missing optional package
+(``ImportError``) gets the same treatment, naming the extra that installs it. ``--traceback`` lets the exception
+through instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ COMMAND_MODULES = (
 )
 
 
+#: The setup.cfg extra that installs what a command needs beyond the core packages.
+_EXTRAS = {"benchmark": "bench", "export": "export", "demo": "demo"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``visionkit`` argument parser with every command registered."""
     parser = argparse.ArgumentParser(prog="visionkit", description="visionkit command-line tools")
@@ -47,6 +52,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except ImportError as error:  # an optional package of an extra (benchmark: transformers, export: onnxscript)
+        if args.traceback:
+            raise
+        extra = _EXTRAS.get(args.command)
+        hint = f"pip install -e '.[{extra}]'" if extra else "see README.rst"
+        print(f"{parser.prog} {args.command}: error: this command needs {error.name or error}, which is not "
+              f"installed ({hint})", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError) as error:
         if args.traceback:
             raise

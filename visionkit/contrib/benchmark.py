@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import importlib.util
 import io
 import logging
 import math
@@ -396,11 +397,19 @@ def _runners(
     add("vk_aoti", aoti)
     if device.type == "cpu":
         add("vk_onnx", lambda: _onnx_runner(fused, x, os.path.join(tmp, "vk.onnx"), args.threads, True))
+    else:
+        skipped.update({k: "ONNX Runtime rows are CPU only" for k in ("vk_onnx", "hf_onnx") if k in args.impls})
     if family in ("MobileViT", "MobileViTv2"):
-        hf = _build_hf(name).eval().to(device)
-        add("hf_eager", lambda: lambda: hf(x))
+        hf_models: list[nn.Module] = []  # built once, and only when a transformers row is asked for
+
+        def hf_model() -> nn.Module:
+            if not hf_models:
+                hf_models.append(_build_hf(name).eval().to(device))
+            return hf_models[0]
+
+        add("hf_eager", lambda: (lambda model: lambda: model(x))(hf_model()))
         if device.type == "cpu":
-            add("hf_onnx", lambda: _onnx_runner(hf, x, os.path.join(tmp, "hf.onnx"), args.threads, False))
+            add("hf_onnx", lambda: _onnx_runner(hf_model(), x, os.path.join(tmp, "hf.onnx"), args.threads, False))
     else:
         skipped["hf_eager"] = skipped["hf_onnx"] = "transformers has no MobileViTv3"
     if family == "MobileViT":
@@ -665,17 +674,19 @@ def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str]
     from .variants import build_variant, get_variant
 
     height, width = args.highres
-    out(f"\n## High resolution, batch 1, {height}x{width} (fused attention via scaled_dot_product_attention)")
+    precision = "" if args.autocast == "none" else f", torch.autocast {args.autocast}"
+    out(f"\n## High resolution, batch 1, {height}x{width}{precision} (fused attention via scaled_dot_product_attention)")
     for name in args.highres_variants:
         model = build_variant(name).eval().to(device)
         x = torch.rand(1, 3, height, width, device=device)
+        forward = _under_autocast(lambda: model(x), device, AUTOCAST_DTYPES[args.autocast])
         with torch.inference_mode():
-            model(x)  # warm-up
+            forward()  # warm-up
             start = time.perf_counter()
-            y = model(x)
+            y = forward()
             _sync(device)
             seconds = time.perf_counter() - start
-            peak = peak_memory(lambda: model(x), device)
+            peak = peak_memory(forward, device)
         naive = ""
         if get_variant(name).family == "MobileViT":
             # the largest attention matrix a naive implementation would hold: layer_3 at stride 8
@@ -689,10 +700,13 @@ def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str]
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """Add the benchmark options to ``parser`` (a new one when ``None``)."""
     parser = parser or argparse.ArgumentParser(prog="benchmark", description=__doc__.split("\n")[0])
-    parser.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS), help="variant short names (none: no latency table)")
+    parser.add_argument(
+        "--variants", nargs="*", default=None,
+        help=f"variant short names (default: {' '.join(DEFAULT_VARIANTS)}; none: no latency table)",
+    )
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8], help="batch sizes (default: 1 8)")
     parser.add_argument("--size", type=int, default=256, help="square input size (default: 256)")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per implementation (default: 15)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per implementation (default: 15)")
     parser.add_argument(
         "--min-round-ms",
         type=float,
@@ -708,7 +722,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         "faults); retain: mallopt keeps freed memory in the process, as jemalloc/tcmalloc do (glibc only; "
         "default: system)",
     )
-    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
+    parser.add_argument("--impls", nargs="+", default=None, choices=IMPLEMENTATIONS, help="(default: all)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (ONNX Runtime rows are CPU only)")
     parser.add_argument(
@@ -727,11 +741,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument(
         "--train-variants",
         nargs="*",
-        default=["mobilevit_xxs", "mobilevitv2_050"],
+        default=None,
         help="variants timed for one training step (default: mobilevit_xxs mobilevitv2_050; none: skip)",
     )
     parser.add_argument("--train-batch", type=int, default=16, help="training-step batch size (default: 16)")
-    parser.add_argument("--train-rounds", type=int, default=5, help="timed training steps (default: 5)")
+    parser.add_argument("--train-rounds", type=int, default=None, help="timed training steps (default: 5)")
     parser.add_argument(
         "--highres", type=int, nargs=2, default=(1080, 1920), metavar=("H", "W"), help="high-resolution frame size"
     )
@@ -741,7 +755,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
         default=["mobilevit_xxs"],
         help="variants run on one high-resolution frame (default: mobilevit_xxs; none: skip)",
     )
-    parser.add_argument("--quick", action="store_true", help="mobilevit_xxs only, 3 rounds, no compile")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="smaller defaults: mobilevit_xxs only, 3 rounds, 2 training rounds, no compiled rows (options given "
+        "explicitly still apply)",
+    )
     parser.add_argument("-o", "--output", default=None, help="also write the report to this file")
     return parser
 
@@ -753,16 +771,65 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+_QUICK = {"variants": ["mobilevit_xxs"], "rounds": 3, "train_variants": ["mobilevit_xxs"], "train_rounds": 2}
+_FULL = {"variants": list(DEFAULT_VARIANTS), "rounds": 15, "train_variants": ["mobilevit_xxs", "mobilevitv2_050"],
+         "train_rounds": 5}
+
+
+def _resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the options left out (``None``): ``--quick`` changes only these, never what was given."""
+    for key, value in (_QUICK if args.quick else _FULL).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    if getattr(args, "impls", None) is None:
+        skip = ("vk_compiled", "vk_aoti") if args.quick else ()
+        args.impls = [i for i in IMPLEMENTATIONS if i not in skip]
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers, an unusable device or output folder before anything is built or timed."""
+    from .variants import get_variant
+
+    for option, value, least in (
+        ("--size", args.size, 1), ("--rounds", args.rounds, 1), ("--threads", args.threads, 1),
+        ("--train-batch", args.train_batch, 1), ("--train-rounds", args.train_rounds, 1),
+        *(("--batches", b, 1) for b in args.batches), *(("--highres", v, 1) for v in args.highres),
+    ):
+        if value < least:
+            raise ValueError(f"{option} must be at least {least}, got {value}")
+    if not args.min_round_ms > 0:
+        raise ValueError(f"--min-round-ms must be positive, got {args.min_round_ms}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch build or machine has no CUDA device")
+    for name in args.train_variants:
+        if get_variant(name).family not in ("MobileViT", "MobileViTv2"):
+            raise ValueError(f"--train-variants: {name} has no transformers counterpart to compare with (v1, v2 only)")
+    peers = {"hf_eager", "hf_onnx"} & set(args.impls) if args.variants and args.batches else set()
+    if (peers or args.train_variants) and importlib.util.find_spec("transformers") is None:
+        raise ValueError(
+            "transformers is not installed, and the transformers rows and the training table need it: "
+            "pip install -e '.[bench]' (or leave them out: --impls without hf_*, --train-variants with no names)"
+        )
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"the folder to write {args.output!r} into does not exist: {folder!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark described by parsed ``args``; prints the report (and writes ``args.output``)."""
     from .variants import get_variant
 
-    if args.quick:
-        args.variants, args.rounds = ["mobilevit_xxs"], 3
-        args.impls = [i for i in args.impls if i not in ("vk_compiled", "vk_aoti")]
-        args.train_variants, args.train_rounds = ["mobilevit_xxs"], 2
+    _resolve_defaults(args)
     for name in [*args.variants, *args.train_variants, *args.highres_variants]:
         get_variant(name)  # a clear error for a misspelt name, before anything runs
+    _check_options(args)
     heap = "as configured (glibc defaults unless the environment sets MALLOC_* or preloads another allocator)"
     if args.heap == "retain":
         heap = "retain freed memory (mallopt " + retain_freed_memory() + ")"
