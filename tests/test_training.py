@@ -18,14 +18,38 @@ from visionkit.training import DistributedContext, init_distributed, make_loader
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+def _run_ddp_worker(out_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)]
+           str(ROOT / "tests" / "ddp_worker.py"), str(out_dir), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Grad strides do not match bucket view strides" not in done.stderr  # buckets match channels-last grads
+    return done
+
+
+def test_ddp_trains_a_feature_extractor_model_that_leaves_parameters_unused(tmp_path):
+    _run_ddp_worker(tmp_path, "features")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(torch.equal(ranks[0]["params"][k], ranks[1]["params"][k]) for k in ranks[0]["params"])
+    assert ranks[0]["samples"] == GLOBAL_BATCH * STEPS
+
+
+def test_wrap_model_decides_find_unused_parameters_from_the_model():
+    from visionkit.contrib import FeatureExtractor
+    from visionkit.training import _leaves_parameters_unused
+
+    assert not _leaves_parameters_unused(nn.Sequential(MobileViT("xxs"), nn.Identity()))
+    assert not _leaves_parameters_unused(FeatureExtractor(MobileViT("xxs", expand_output=False), (2, 4)))
+    assert _leaves_parameters_unused(FeatureExtractor(MobileViT("xxs"), (2, 4)))  # conv_1x1_exp never runs
+    assert _leaves_parameters_unused(FeatureExtractor(MobileViT("xxs", expand_output=False), (3,)))  # layer_5
+    assert not _leaves_parameters_unused(FeatureExtractor(MobileViTv2(0.5), (4,)))  # v2 has no expansion
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    _run_ddp_worker(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["type"] for r in ranks] == ["DistributedDataParallel"] * 2
     assert [r["samples"] for r in ranks] == [GLOBAL_BATCH * STEPS] * 2  # summed over both ranks
@@ -215,3 +239,84 @@ def test_demo_command_line_with_another_variant(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "checkpoint.pt")[1]["variant"] == "mobilevitv2_050"
     with pytest.raises(ValueError, match="image_size"):
         run_demo(image_size=4, output=tmp_path)
+
+
+def test_one_process_shuffling_follows_the_epoch_number_so_a_resumed_run_sees_the_same_orders():
+    from visionkit.training import train_one_epoch
+
+    data = torch.utils.data.TensorDataset(torch.arange(8))
+    continuous = make_loader(data, 8, DistributedContext(), shuffle=True, seed=3)
+    orders = []
+    for epoch in range(3):
+        continuous.sampler.set_epoch(epoch)
+        orders.append([int(i) for i in next(iter(continuous))[0]])
+    assert len({tuple(o) for o in orders}) == 3 and all(sorted(o) == list(range(8)) for o in orders)
+    resumed = make_loader(data, 8, DistributedContext(), shuffle=True, seed=3)
+    resumed.sampler.set_epoch(2)
+    assert [int(i) for i in next(iter(resumed))[0]] == orders[2]
+
+    seen = []
+
+    class Recorder(nn.Module):  # train_one_epoch sets the epoch itself
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(x.tolist())
+            return self.scale * torch.nn.functional.one_hot(x, 8).float()
+
+    model = Recorder()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    pairs = torch.utils.data.TensorDataset(torch.arange(8), torch.arange(8))  # (image, label) batches
+    train_one_epoch(model, make_loader(pairs, 8, DistributedContext(), shuffle=True, seed=3), optimizer,
+                    DistributedContext(), epoch=2)
+    assert seen == [orders[2]]
+
+
+def test_sync_batchnorm_is_refused_on_cpu_whenever_a_process_group_exists():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        with pytest.raises(ValueError, match="SyncBatchNorm"):
+            wrap_model(MobileViT("xxs"), DistributedContext(), sync_batchnorm=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_demo_keeps_a_process_group_it_did_not_create(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        run_demo(epochs=1, image_size=8, batch_size=32, limit=80, output=tmp_path, progress=False,
+                 log=lambda *_: None, device="cpu")
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_demo_refuses_bad_output_lr_and_threads_before_training(tmp_path, capsys, monkeypatch):
+    import visionkit.demo as demo
+
+    monkeypatch.setattr(demo, "train_one_epoch", lambda *a, **k: pytest.fail("training started"))
+    existing = tmp_path / "a-file"
+    existing.write_text("x")
+    assert cli_main(["demo", "--output", str(existing), "--no-progress"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert cli_main(["demo", "--lr", "inf", "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "lr must be positive and finite, got inf" in capsys.readouterr().err
+    assert cli_main(["demo", "--threads", "-1", "--output", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "--threads must be at least 0" in capsys.readouterr().err
+
+
+def test_demo_checkpoint_errors_are_value_errors(tmp_path):
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="torch.load failed"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"format": "visionkit-demo-1", "num_classes": 10}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="incomplete visionkit demo checkpoint: no 'variant', 'state_dict'"):
+        load_checkpoint(tmp_path / "partial.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")

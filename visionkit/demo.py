@@ -163,13 +163,25 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Sequential, dict[str, Any]]:
         The model (eval mode, CPU) and the checkpoint dictionary.
 
     Raises:
-        ValueError: the file is not a demo checkpoint.
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a demo checkpoint, or its weights do not fit its variant.
     """
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # not a torch file, truncated, or pickled objects beyond tensors (refused)
+        raise ValueError(f"{path} is not a visionkit demo checkpoint: torch.load failed ({error})") from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != "visionkit-demo-1":
         raise ValueError(f"{path} is not a visionkit demo checkpoint (no 'format': 'visionkit-demo-1' entry)")
+    missing = [key for key in ("variant", "num_classes", "state_dict") if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is an incomplete visionkit demo checkpoint: no {', '.join(map(repr, missing))}")
     model = build_classifier(checkpoint["variant"], checkpoint["num_classes"])
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit {checkpoint['variant']}: {error}") from error
     return model.eval(), checkpoint
 
 
@@ -266,7 +278,9 @@ def run_demo(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: an argument is out of range or ``variant`` is unknown.
+        ValueError: an argument is out of range (``lr`` must be finite) or ``variant`` is unknown.
+        FileExistsError: ``output`` is an existing file (checked before training).
+        ImportError: matplotlib (the ``demo`` extra) is missing (checked before training).
     """
     check_positive_int("epochs", epochs)
     check_positive_int("image_size", image_size)
@@ -277,11 +291,16 @@ def run_demo(
         raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two samples to train), got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive and finite, got {lr}")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"the output {str(output)!r} exists and is not a folder")
+    import matplotlib  # noqa: F401  (the plots come after training: fail before it when the extra is missing)
+
+    owns_group = not dist.is_initialized()  # a process group the caller created stays theirs
     context = init_distributed(device)
     say = log if context.is_main else (lambda *_: None)
-    output = Path(output)
     try:
         torch.manual_seed(seed)
         model = build_classifier(variant)  # same initial weights on every rank (same seed)
@@ -354,7 +373,8 @@ def run_demo(
             _plot_curves(history, output / CURVES_NAME)
             _plot_predictions(test_images, test_labels, predicted, output / PREDICTIONS_NAME)
             reloaded, _ = load_checkpoint(checkpoint_path)
-            reloaded_logits = predict(reloaded, test_images, image_size)
+            # on the trained model's device: on a GPU, TF32 convolutions differ from CPU ones beyond the tolerance
+            reloaded_logits = predict(reloaded.to(next(trained_model.parameters()).device), test_images, image_size)
             matches = torch.equal(reloaded_logits.argmax(dim=1), predicted) and torch.allclose(
                 reloaded_logits, logits, rtol=1e-5, atol=1e-5
             )
@@ -371,10 +391,13 @@ def run_demo(
             matches, accuracy = bool(flags[0].item()), float(flags[1].item())
         return DemoResult(test_accuracy=accuracy, reload_matches=matches, seconds=seconds, output=output)
     finally:
-        shutdown_distributed()
+        if owns_group:
+            shutdown_distributed()
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.threads < 0:
+        raise ValueError(f"--threads must be at least 0 (0: torch's choice), got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run_demo(

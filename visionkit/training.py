@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .contrib._checks import check_choice, check_positive_int, check_type
@@ -149,29 +149,59 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, context: DistributedContext, *, sync_batchnorm: bool = False) -> nn.Module:
+def _leaves_parameters_unused(model: nn.Module) -> bool:
+    """Whether a forward of ``model`` skips some of its parameters: a feature extractor runs its backbone only up to
+    the deepest level it returns, never ``conv_1x1_exp`` (every backbone and head parameter is used otherwise)."""
+    from .contrib.features import FeatureExtractor
+
+    for module in model.modules():
+        if isinstance(module, FeatureExtractor):
+            backbone = module.backbone
+            if max(module.indices) < len(backbone.feature_info) - 1:
+                return True
+            expansion = getattr(backbone, "conv_1x1_exp", None)
+            if isinstance(expansion, nn.Module) and any(True for _ in expansion.parameters()):
+                return True
+    return False
+
+
+def wrap_model(
+    model: nn.Module,
+    context: DistributedContext,
+    *,
+    sync_batchnorm: bool = False,
+    find_unused_parameters: Optional[bool] = None,
+) -> nn.Module:
     """Move ``model`` to the context's device and, when distributed, wrap it in ``DistributedDataParallel``.
 
-    DDP runs with ``find_unused_parameters=False``: every parameter of the visionkit backbones and heads reaches
-    the output, whatever the configuration.
+    A forward of a visionkit backbone or head uses every parameter, except inside a
+    :class:`~visionkit.contrib.FeatureExtractor`, which runs its backbone only up to the deepest level it returns
+    and never runs ``conv_1x1_exp`` (build the backbone with ``expand_output=False`` for it). DDP must then be told
+    (``find_unused_parameters=True``, which costs a graph traversal per step); by default this is decided from
+    the model. On CPU the model is moved to channels-last memory format before wrapping, the layout the backbone
+    computes in there, so that DDP's gradient buckets match the gradients' strides.
 
     Args:
         model: the model to train.
         context: from :func:`init_distributed`.
         sync_batchnorm: convert every BatchNorm to :class:`~torch.nn.SyncBatchNorm`, so that batch statistics are
             computed over the global batch (PyTorch supports this on GPUs only).
+        find_unused_parameters: passed to ``DistributedDataParallel``; ``None`` decides from the model (see above).
 
     Returns:
         The model itself (single process) or its DDP wrapper.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``sync_batchnorm`` is asked for in a distributed CPU run.
+        ValueError: ``sync_batchnorm`` is asked for on CPU with a process group (PyTorch's SyncBatchNorm then
+            fails at the first training batch).
     """
     check_type("model", model, nn.Module)
     check_type("context", context, DistributedContext)
     check_type("sync_batchnorm", sync_batchnorm, bool)
-    if sync_batchnorm and context.is_distributed and context.device.type == "cpu":
+    if find_unused_parameters is not None:
+        check_type("find_unused_parameters", find_unused_parameters, bool)
+    if sync_batchnorm and context.device.type == "cpu" and (context.is_distributed or dist.is_initialized()):
         raise ValueError(
             "sync_batchnorm=True needs GPUs: PyTorch's SyncBatchNorm does not run on CPU tensors; "
             "train without it on CPU (each process then normalises its own share of the batch)"
@@ -181,13 +211,39 @@ def wrap_model(model: nn.Module, context: DistributedContext, *, sync_batchnorm:
     model = model.to(context.device)
     if not context.is_distributed:
         return model
+    if find_unused_parameters is None:
+        find_unused_parameters = _leaves_parameters_unused(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+    if context.device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or ``model`` itself)."""
     return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class _EpochShuffler(Sampler[int]):
+    """One process's shuffling: the order of epoch ``e`` is a permutation seeded with ``seed + e`` (as
+    :class:`~torch.utils.data.distributed.DistributedSampler` seeds its own), so it depends on the epoch number
+    given to :meth:`set_epoch`, not on how often the loader was iterated before: a resumed run sees the same
+    orders as an uninterrupted one."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.size = len(dataset)  # type: ignore[arg-type]
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def make_loader(
@@ -205,8 +261,9 @@ def make_loader(
 
     Distributed, a :class:`~torch.utils.data.distributed.DistributedSampler` deals the (shuffled) indices out
     round-robin, so rank ``r`` gets indices ``r, r + N, r + 2N, ...`` of the order; the last share is padded with
-    repeated samples unless ``drop_last``. In one process, a seeded random sampler (or the plain order) is used.
-    :func:`train_one_epoch` reshuffles each epoch through ``set_epoch``.
+    repeated samples unless ``drop_last``. In one process the indices are shuffled with a permutation seeded with
+    ``seed + epoch`` (or kept in order). :func:`train_one_epoch` sets the epoch through ``set_epoch``, so each epoch
+    has its own order, and the same one in a resumed run.
 
     Args:
         dataset: a map-style dataset.
@@ -240,7 +297,7 @@ def make_loader(
             drop_last=drop_last,
         )
     elif shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = _EpochShuffler(dataset, seed)
     else:
         sampler = SequentialSampler(dataset)
     return DataLoader(
@@ -294,7 +351,7 @@ def train_one_epoch(
         loader: yields ``(images, labels)`` batches.
         optimizer: the optimiser of ``model``'s parameters.
         context: from :func:`init_distributed`.
-        epoch: epoch number; reseeds a ``DistributedSampler`` so every epoch has its own order.
+        epoch: epoch number; reseeds the loader's shuffling (distributed or not) so every epoch has its own order.
         loss_fn: ``loss_fn(logits, labels)`` returning the mean loss of the batch.
         scheduler: stepped after every optimiser step, if given.
         progress: show a progress bar with the running loss and accuracy (rank 0 only).
@@ -304,7 +361,7 @@ def train_one_epoch(
         Mean loss and accuracy over the epoch, measured on the fly (with the weights of the moment).
     """
     sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
+    if isinstance(sampler, (DistributedSampler, _EpochShuffler)):
         sampler.set_epoch(epoch)
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)
