@@ -217,3 +217,18 @@ def test_anchor_and_box_helpers_check_their_inputs() -> None:
         decode_ssd_boxes(anchors.numpy()[None], anchors)
     with pytest.raises(TypeError, match="logits"):
         SSDLitePostProcess()(torch.zeros(1, len(anchors), 4), torch.zeros(1, len(anchors), 3).numpy(), anchors, (64, 64))
+
+
+def test_segmentation_head_and_attention_check_their_arguments_and_inputs() -> None:
+    from visionkit.contrib import DeepLabV3Head
+    from visionkit.contrib.attention import MultiHeadAttention
+
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="scale_factor must be positive and finite"):
+            DeepLabV3Head(80, 21, scale_factor=bad)
+    with pytest.raises(TypeError, match="the input has dtype torch.float64 but the model has dtype torch.float32"):
+        DeepLabV3Head(80, 21)(torch.rand(1, 80, 8, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_heads must be a positive integer, got 0"):
+        MultiHeadAttention(64, 0)
+    with pytest.raises(ValueError, match=r"attn_dropout must be in \[0, 1\), got 1.5"):
+        MultiHeadAttention(64, 4, 1.5)

@@ -13,7 +13,7 @@ import torch
 from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA_CHECK_TYPE
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 
-__all__ = ["check_choice", "check_image", "check_positive_int", "check_type"]
+__all__ = ["check_choice", "check_image", "check_positive_int", "check_same_place", "check_type"]
 
 
 def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -52,5 +52,25 @@ def check_image(x: Any, channels: int) -> None:
         raise TypeCheckError(
             f"the input must be a floating-point tensor (e.g. torch.float32), got dtype {x.dtype}; "
             "convert integer images with x.float() / 255",
+            actual_type=x.dtype,
+        )
+
+
+def check_same_place(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise unless ``x`` is on ``weight``'s device and, outside :func:`torch.autocast`, of its dtype.
+
+    Raises:
+        ValueError: the devices differ.
+        TypeError: the dtypes differ and autocast is off.
+    """
+    if x.device != weight.device:
+        raise ValueCheckError(
+            f"the input is on {x.device} but the model is on {weight.device}; move one with .to()",
+            actual_value=x.device,
+        )
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeCheckError(
+            f"the input has dtype {x.dtype} but the model has dtype {weight.dtype}; convert the input with "
+            f"x.to({weight.dtype}) or the model with model.to({x.dtype})",
             actual_type=x.dtype,
         )

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_positive_int, check_type
 from .layers import ConvLayer
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
@@ -43,6 +44,11 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("num_heads", num_heads)
+        check_type("attn_dropout", attn_dropout, (int, float))
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim} and num_heads={num_heads}")
         self.num_heads = num_heads

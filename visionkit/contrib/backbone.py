@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from kornia.core.exceptions import TypeCheckError, ValueCheckError
+from kornia.core.exceptions import ValueCheckError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_choice, check_image, check_positive_int, check_type
+from ._checks import check_choice, check_image, check_positive_int, check_same_place, check_type
 from .blocks import MobileViTBlock, MobileViTBlockV2
 from .configs import (
     BackboneConfig,
@@ -304,18 +304,7 @@ class MobileViTBackbone(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_image(x, self.in_channels)
-        weight = self.conv_1.block.conv.weight
-        if x.device != weight.device:
-            raise ValueCheckError(
-                f"the input is on {x.device} but the model is on {weight.device}; move one with .to()",
-                actual_value=x.device,
-            )
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            raise TypeCheckError(
-                f"the input has dtype {x.dtype} but the model has dtype {weight.dtype}; convert the input with "
-                f"x.to({weight.dtype}) or the model with model.to({x.dtype})",
-                actual_type=x.dtype,
-            )
+        check_same_place(x, self.conv_1.block.conv.weight)
 
     @property
     def stages(self) -> tuple[nn.Module, ...]:

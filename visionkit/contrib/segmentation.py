@@ -24,6 +24,7 @@ v2, ADE20K, OS8                     ``MobileViTv2(width, output_stride=8)`` + ``
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
-from ._checks import check_image, check_positive_int, check_type
+from ._checks import check_image, check_positive_int, check_same_place, check_type
 from .layers import ConvLayer
 
 __all__ = ["ASPP", "ASPPPooling", "DeepLabV3Head", "SegmentationModel"]
@@ -200,8 +201,8 @@ class DeepLabV3Head(nn.Module):
         size = None if output_size is None else _check_size_pair("output_size", output_size)
         if scale_factor is not None:
             check_type("scale_factor", scale_factor, (int, float))
-            if scale_factor <= 0:
-                raise ValueCheckError(f"scale_factor must be positive, got {scale_factor!r}", actual_value=scale_factor)
+            if not (scale_factor > 0 and math.isfinite(scale_factor)):
+                raise ValueCheckError(f"scale_factor must be positive and finite, got {scale_factor!r}", actual_value=scale_factor)
 
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -224,6 +225,7 @@ class DeepLabV3Head(nn.Module):
             Logits :math:`(B, K, \\cdot, \\cdot)` (see the class docstring for the size).
         """
         check_image(x, self.in_channels)
+        check_same_place(x, self.classifier.block.conv.weight)
         logits = self.classifier(self.classifier_dropout(self.aspp(x)))
         if self.output_size is not None:
             return F.interpolate(logits, size=self.output_size, mode="bilinear", align_corners=self.align_corners)
