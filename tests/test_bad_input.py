@@ -216,7 +216,8 @@ def test_anchor_and_box_helpers_check_their_inputs() -> None:
     with pytest.raises(TypeError, match="offsets"):
         decode_ssd_boxes(anchors.numpy()[None], anchors)
     with pytest.raises(TypeError, match="logits"):
-        SSDLitePostProcess()(torch.zeros(1, len(anchors), 4), torch.zeros(1, len(anchors), 3).numpy(), anchors, (64, 64))
+        logits = torch.zeros(1, len(anchors), 3).numpy()
+        SSDLitePostProcess()(torch.zeros(1, len(anchors), 4), logits, anchors, (64, 64))
 
 
 def test_segmentation_head_and_attention_check_their_arguments_and_inputs() -> None:

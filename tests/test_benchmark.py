@@ -286,7 +286,9 @@ def test_without_transformers_the_peers_are_refused_up_front_and_visionkit_rows_
     from visionkit.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a)
+    )
     assert main(["benchmark", "--variants", "mobilevit_xxs", "--train-variants", "--highres-variants"]) == 2
     assert "transformers is not installed" in capsys.readouterr().err
 

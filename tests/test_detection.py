@@ -392,7 +392,9 @@ def test_batched_nms_stays_per_class_in_half_precision_at_high_labels(dtype) -> 
 
 
 def test_batched_nms_keeps_boxes_without_area_and_lets_them_suppress_nothing() -> None:
-    boxes = torch.tensor([[10.0, 10.0, 10.0, 50.0], [0.0, 0.0, 20.0, 20.0], [1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 5.0, 5.0]])
+    boxes = torch.tensor(
+        [[10.0, 10.0, 10.0, 50.0], [0.0, 0.0, 20.0, 20.0], [1.0, 1.0, 20.0, 20.0], [5.0, 5.0, 5.0, 5.0]]
+    )
     scores = torch.tensor([0.95, 0.9, 0.8, 0.85])
     keep = batched_nms(boxes, scores, torch.tensor([1, 1, 1, 1]), 0.5)
     assert keep.tolist() == [0, 1, 3]  # box 2 overlaps box 1 (IoU 0.90); the empty boxes 0 and 3 stay

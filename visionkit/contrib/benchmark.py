@@ -675,7 +675,8 @@ def _highres(args: argparse.Namespace, device: torch.device, out: Callable[[str]
 
     height, width = args.highres
     precision = "" if args.autocast == "none" else f", torch.autocast {args.autocast}"
-    out(f"\n## High resolution, batch 1, {height}x{width}{precision} (fused attention via scaled_dot_product_attention)")
+    out(f"\n## High resolution, batch 1, {height}x{width}{precision} "
+        "(fused attention via scaled_dot_product_attention)")
     for name in args.highres_variants:
         model = build_variant(name).eval().to(device)
         x = torch.rand(1, 3, height, width, device=device)

@@ -202,7 +202,9 @@ class DeepLabV3Head(nn.Module):
         if scale_factor is not None:
             check_type("scale_factor", scale_factor, (int, float))
             if not (scale_factor > 0 and math.isfinite(scale_factor)):
-                raise ValueCheckError(f"scale_factor must be positive and finite, got {scale_factor!r}", actual_value=scale_factor)
+                raise ValueCheckError(
+                    f"scale_factor must be positive and finite, got {scale_factor!r}", actual_value=scale_factor
+                )
 
         self.in_channels = in_channels
         self.num_classes = num_classes

@@ -127,7 +127,8 @@ def format_table(rows: list[VariantSummary], size: int) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for name, value, least in (("--size", args.size, 1), ("--repeats", args.repeats, 1), ("--threads", args.threads, 0)):
+    limits = (("--size", args.size, 1), ("--repeats", args.repeats, 1), ("--threads", args.threads, 0))
+    for name, value, least in limits:
         if value < least:  # refused before any model is built (the CLI prints one error line)
             raise ValueError(f"{name} must be at least {least}, got {value}")
     torch.manual_seed(0)
