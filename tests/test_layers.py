@@ -267,16 +267,32 @@ def test_cache_follows_a_training_step_taken_in_eval_mode(optimizer) -> None:
     torch.testing.assert_close(after, _fresh_output(model, x), rtol=1e-5, atol=1e-5)
 
 
-def test_eval_drops_the_cache_so_edits_through_data_show_after_it() -> None:
+def test_train_drops_the_cache_so_edits_through_data_show_after_it_and_eval_keeps_it() -> None:
     # In-place edits through .data are invisible to version counters (as they are to autograd): the documented way
-    # back is model.eval(), which drops every cached weight.
+    # back is model.train() then model.eval(). eval() alone keeps the cache (called before every prediction).
     model = build_variant("mobilevit_xxs").eval()
     x = torch.rand(2, 3, 64, 64)
     _inference(model, x)
+    caches = [m._folded_cache for m in model.modules() if isinstance(m, ConvLayer)]
+    model.eval()
+    assert [m._folded_cache for m in model.modules() if isinstance(m, ConvLayer)] == caches
     for parameter in model.parameters():
         parameter.data.mul_(0.9)
-    model.eval()
+    model.train().eval()
     torch.testing.assert_close(_inference(model, x), _fresh_output(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_follows_a_fused_optimizer_step_after_an_inference_call_between_backward_and_step() -> None:
+    # The forward with gradients dropped the cache, but a no-grad call (logging) rebuilt it before the step.
+    model = build_variant("mobilevit_xxs").eval()
+    x = torch.rand(2, 3, 64, 64)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)
+    model(x).square().mean().backward()
+    before = _inference(model, x)
+    optimizer.step()
+    after = _inference(model, x)
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, _fresh_output(model, x), rtol=1e-5, atol=1e-5)
 
 
 def test_double_backward_through_the_fused_batchnorm_silu_matches_the_plain_modules(monkeypatch) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 from torch.autograd import forward_ad
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["ConvLayer", "InvertedResidual", "make_divisible"]
 
@@ -232,6 +233,19 @@ def _weight_stamp(tensors: tuple[Optional[torch.Tensor], ...]) -> Optional[tuple
     return tuple(stamp)
 
 
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    """Global ``torch.optim`` post-step hook: any optimizer step may have changed weights in place without bumping
+    their version counters (fused optimizers do), so cached inference weights made before it are stale."""
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
 class _ConvWeightCache:
     """The weight and bias a :class:`ConvLayer` convolves with at inference, with what they were computed from.
 
@@ -242,17 +256,18 @@ class _ConvWeightCache:
     entry lives.
     """
 
-    __slots__ = ("inputs", "stamp", "eps", "weight", "bias", "packed")
+    __slots__ = ("inputs", "stamp", "eps", "weight", "bias", "packed", "steps")
 
     def __init__(
         self, inputs: tuple, stamp: tuple, eps: Optional[float], weight: torch.Tensor, bias: Optional[torch.Tensor]
     ) -> None:
         self.inputs, self.stamp, self.eps, self.weight, self.bias = inputs, stamp, eps, weight, bias
         self.packed: Optional[torch.Tensor] = None
+        self.steps = _optimizer_steps  # optimizer steps taken in this process when the entry was made
 
     def matches(self, stamp: Optional[tuple], eps: Optional[float]) -> bool:
         # The stamp holds the inputs' ids; the entry keeps the inputs alive, so an equal id is the same object.
-        return stamp is not None and self.stamp == stamp and self.eps == eps
+        return stamp is not None and self.stamp == stamp and self.eps == eps and self.steps == _optimizer_steps
 
 
 _ONEDNN_CONVOLUTION = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -349,10 +364,11 @@ class ConvLayer(nn.Module):
     layer keeps the folded weight and bias (one extra copy of the convolution's parameters) and reuses them until
     one of their inputs changes: an in-place update, a new parameter or buffer, ``eps``, a BatchNorm update of the
     running statistics, or a move to another dtype or device. With gradients the fold is recomputed on each call,
-    so it trains the BatchNorm's affine parameters, and the copy is dropped (an optimizer step, which fused
-    optimizers take without bumping version counters, may follow). ``train()`` and ``eval()`` drop the copy too, and
-    pickles and deep copies leave it out. In-place edits through ``.data`` are invisible to version counters (as
-    they are to autograd): call ``model.eval()`` after them. On CPU, for float32
+    so it trains the BatchNorm's affine parameters. Fused optimizers write the parameters without bumping version
+    counters, so every optimizer step (counted by a global ``torch.optim`` step hook this module registers) also
+    invalidates the copy. ``train()`` drops the copy, and pickles and deep copies leave it out. In-place edits
+    through ``.data`` are invisible to version counters (as they are to autograd): call ``model.train()`` (then
+    ``model.eval()``) after them. On CPU, for float32
     ``channels_last`` inputs without gradients, the layer (fused or not) also keeps its weight reordered once into
     oneDNN's blocked layout and calls oneDNN with it, instead of letting ``F.conv2d`` reorder the plain weight on
     every call. That is a second copy of the weight. Small batch-1 inputs, which ``F.conv2d`` gives to PyTorch's own
@@ -427,8 +443,12 @@ class ConvLayer(nn.Module):
         super().__setstate__(state)
 
     def train(self, mode: bool = True) -> "ConvLayer":
-        """Set training mode (see :meth:`torch.nn.Module.train`); either mode drops the cached inference weights."""
-        self._folded_cache = None
+        """Set training mode (see :meth:`torch.nn.Module.train`); training mode drops the cached inference weights.
+
+        ``eval()`` keeps them, so calling it before every prediction costs nothing.
+        """
+        if mode:
+            self._folded_cache = None
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
