@@ -254,6 +254,8 @@ def test_one_process_shuffling_follows_the_epoch_number_so_a_resumed_run_sees_th
     resumed = make_loader(data, 8, DistributedContext(), shuffle=True, seed=3)
     resumed.sampler.set_epoch(2)
     assert [int(i) for i in next(iter(resumed))[0]] == orders[2]
+    own_loop = make_loader(data, 8, DistributedContext(), shuffle=True, seed=3)  # never calls set_epoch
+    assert [[int(i) for i in next(iter(own_loop))[0]] for _ in range(3)] == orders
 
     seen = []
 

@@ -233,13 +233,17 @@ class _EpochShuffler(Sampler[int]):
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.size = len(dataset)  # type: ignore[arg-type]
         self.seed = seed
-        self.epoch = 0
+        self.next_epoch = 0
+        self.given_epoch: Optional[int] = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.given_epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # Without a set_epoch call since the last pass (a loop of the user's own), the next epoch follows.
+        epoch = self.next_epoch if self.given_epoch is None else self.given_epoch
+        self.given_epoch, self.next_epoch = None, epoch + 1
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -262,8 +266,9 @@ def make_loader(
     Distributed, a :class:`~torch.utils.data.distributed.DistributedSampler` deals the (shuffled) indices out
     round-robin, so rank ``r`` gets indices ``r, r + N, r + 2N, ...`` of the order; the last share is padded with
     repeated samples unless ``drop_last``. In one process the indices are shuffled with a permutation seeded with
-    ``seed + epoch`` (or kept in order). :func:`train_one_epoch` sets the epoch through ``set_epoch``, so each epoch
-    has its own order, and the same one in a resumed run.
+    ``seed + epoch`` (or kept in order), where the epoch counts the passes over the loader unless ``set_epoch``
+    gave it. :func:`train_one_epoch` sets the epoch through ``set_epoch`` (distributed or not), so each epoch has
+    its own order, and a resumed run the same orders as an uninterrupted one.
 
     Args:
         dataset: a map-style dataset.
