@@ -811,8 +811,10 @@ def _check_options(args: argparse.Namespace) -> None:
     for name in args.train_variants:
         if get_variant(name).family not in ("MobileViT", "MobileViTv2"):
             raise ValueError(f"--train-variants: {name} has no transformers counterpart to compare with (v1, v2 only)")
-    peers = {"hf_eager", "hf_onnx"} & set(args.impls) if args.variants and args.batches else set()
-    if (peers or args.train_variants) and importlib.util.find_spec("transformers") is None:
+    peers = {"hf_eager", "hf_onnx"} if device.type == "cpu" else {"hf_eager"}
+    with_peers = [v for v in args.variants if get_variant(v).family in ("MobileViT", "MobileViTv2")]
+    wanted = peers & set(args.impls) if with_peers and args.batches else set()
+    if (wanted or args.train_variants) and importlib.util.find_spec("transformers") is None:
         raise ValueError(
             "transformers is not installed, and the transformers rows and the training table need it: "
             "pip install -e '.[bench]' (or leave them out: --impls without hf_*, --train-variants with no names)"
