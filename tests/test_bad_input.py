@@ -157,6 +157,9 @@ def test_classification_head_checks_its_feature_map() -> None:
     with pytest.raises(ValueError, match=r"got shape \(2, 320\)"):
         head(torch.rand(2, 320))
     assert head(torch.rand(2, 320, 3, 5)).shape == (2, 10)
+    scripted = torch.jit.script(head.eval())  # the checks stay out of TorchScript, as before they existed
+    x = torch.rand(2, 320, 3, 5)
+    torch.testing.assert_close(scripted(x), head(x))
 
 
 def test_a_variant_refuses_to_have_its_own_size_overridden() -> None:

@@ -163,7 +163,8 @@ def export_onnx(
 
     The model is exported in eval mode through :func:`export_program` and ``torch.onnx.export(dynamo=True)``;
     afterwards every module of it is back in the mode it was in. The graph has one input ``images``
-    :math:`(B, C, H, W)` and one output ``features``.
+    :math:`(B, C, H, W)` and one output ``features``, or ``output_0``, ``output_1``, ... when the model returns
+    several tensors (e.g. ``nn.Sequential(features, SSDLiteHead(...))``).
 
     Args:
         model: the model (a backbone, or a backbone with a head).
@@ -179,7 +180,8 @@ def export_onnx(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``opset`` below 17, or an invalid ``input_size``.
+        ValueError: ``opset`` below 17, an invalid ``input_size``, or ``dynamic`` with a detection head
+            (:class:`~visionkit.contrib.SSDLiteHead` exports with fixed height and width only).
         FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
@@ -63,6 +63,12 @@ class ClassificationHead(nn.Sequential):
             TypeError: ``x`` is not a tensor (e.g. the list of a :class:`~visionkit.contrib.FeatureExtractor`).
             ValueError: ``x`` is not 4-D with ``in_channels`` channels.
         """
+        if not torch.jit.is_scripting():  # TorchScript types the input itself; the checks stay out of it
+            self._check_input(x)
+        return self.fc(self.dropout(self.flatten(self.pool(x))))
+
+    @torch.jit.unused
+    def _check_input(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeCheckError(
                 f"ClassificationHead takes one feature map (B, {self.in_channels}, H, W), got {type(x).__name__}; "
@@ -74,7 +80,6 @@ class ClassificationHead(nn.Sequential):
                 f"ClassificationHead takes a feature map (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
                 + ("; a backbone built with expand_output=False ends before its 1x1 expansion" if x.dim() == 4 else "")
             )
-        return super().forward(x)
 
     #: Top-level prefixes of official cvnets checkpoint keys that this head owns (see :meth:`cvnets_key`).
     cvnets_prefixes: tuple[str, ...] = ("classifier.",)

@@ -148,10 +148,12 @@ class DeepLabV3Head(nn.Module):
           with ``scale_factor`` :math:`s`.
 
     Raises:
-        TypeError: an argument has the wrong type, or the input is not a floating tensor.
+        TypeError: an argument has the wrong type, or the input is not a floating tensor or (outside
+            :func:`torch.autocast`) not of the head's dtype.
         ValueError: ``in_channels``, ``num_classes``, ``aspp_channels`` or a rate is not a positive int, there are
             not exactly three rates, a dropout is outside ``[0, 1)``, both ``output_size`` and ``scale_factor``
-            are given, or the input has the wrong number of channels.
+            are given, ``scale_factor`` is not positive and finite, or the input has the wrong number of channels
+            or is on another device than the head.
 
     Example:
         >>> import torch
