@@ -213,10 +213,10 @@ def test_with_gradients_the_fold_is_recomputed_and_trains_the_batchnorm() -> Non
     x = torch.rand(2, 4, 7, 6)
     with torch.no_grad():
         layer(x)
-    assert layer._folded_cache is not None
+    cached = layer._folded_cache
     out = layer(x)
     out.sum().backward()
-    assert layer._folded_cache is None  # a forward with gradients drops the copy (a training step may follow)
+    assert layer._folded_cache is cached  # neither used nor replaced
     assert layer.block.norm.weight.grad is not None and layer.block.norm.weight.grad.abs().sum() > 0
     torch.testing.assert_close(out.detach(), _expected(layer, x), rtol=1e-5, atol=1e-5)
 
@@ -252,7 +252,7 @@ def test_cache_follows_batchnorm_statistics_re_estimated_with_only_the_norms_in_
 @pytest.mark.parametrize("optimizer", ["adamw_fused", "adamw_foreach", "sgd"])
 def test_cache_follows_a_training_step_taken_in_eval_mode(optimizer) -> None:
     # Fine-tuning with frozen BatchNorm statistics (eval mode) and validation between steps. Fused optimizers write
-    # the parameters without bumping their version counters; the forward with gradients drops the caches.
+    # the parameters without bumping their version counters; every optimizer step invalidates the caches.
     model = build_variant("mobilevit_xxs").eval()
     x = torch.rand(2, 3, 64, 64)
     if optimizer == "sgd":
@@ -283,7 +283,7 @@ def test_train_drops_the_cache_so_edits_through_data_show_after_it_and_eval_keep
 
 
 def test_cache_follows_a_fused_optimizer_step_after_an_inference_call_between_backward_and_step() -> None:
-    # The forward with gradients dropped the cache, but a no-grad call (logging) rebuilt it before the step.
+    # A no-grad call (logging) between backward and the step builds the cache from the weights before the step.
     model = build_variant("mobilevit_xxs").eval()
     x = torch.rand(2, 3, 64, 64)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, fused=True)

@@ -458,10 +458,6 @@ class ConvLayer(nn.Module):
         if is_recording() or not _runs_unobserved(block, conv, norm, act) or type(conv) is not nn.Conv2d:
             # Hooks must see every module's own call, and a replaced convolution must run its own forward.
             return block(x)
-        if torch.is_grad_enabled():
-            # Part of a training step: the weights may next change where no version counter sees it (fused
-            # optimizers write in place without bumping them), so the next inference call rebuilds the cache.
-            self._folded_cache = None
         if norm is not None and _can_fold_batchnorm(norm):
             y = _conv_with_folded_batchnorm(conv, norm, x, self)
         elif norm is None and x.device.type == "cpu" and not torch.is_grad_enabled():
