@@ -6,6 +6,7 @@ kornia's check helpers raise :class:`kornia.core.exceptions.ShapeError` / ``Type
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -13,7 +14,9 @@ import torch
 from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA_CHECK_TYPE
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 
-__all__ = ["check_choice", "check_image", "check_positive_int", "check_same_place", "check_type"]
+__all__ = [
+    "check_choice", "check_image", "check_output_folder", "check_positive_int", "check_same_place", "check_type"
+]
 
 
 def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None:
@@ -74,3 +77,11 @@ def check_same_place(x: torch.Tensor, weight: torch.Tensor) -> None:
             f"x.to({weight.dtype}) or the model with model.to({x.dtype})",
             actual_type=x.dtype,
         )
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> None:
+    """Raise ``FileNotFoundError`` when the folder ``path`` would be written into does not exist (checked before
+    slow work: an export, a benchmark run, a conversion)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"the folder to write {os.fspath(path)!r} into does not exist: {folder!r}")

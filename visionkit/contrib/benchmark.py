@@ -56,6 +56,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ._checks import check_output_folder
+
 __all__ = [
     "DEFAULT_VARIANTS",
     "IMPLEMENTATIONS",
@@ -820,9 +822,7 @@ def _check_options(args: argparse.Namespace) -> None:
             "pip install -e '.[bench]' (or leave them out: --impls without hf_*, --train-variants with no names)"
         )
     if args.output:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"the folder to write {args.output!r} into does not exist: {folder!r}")
+        check_output_folder(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_choice, check_type
+from ._checks import check_choice, check_output_folder, check_type
 from .backbone import MobileViTBackbone
 from .key_maps import HF_BACKBONE_PREFIX, ForeignKey, family_of, head_key_to_official, official_to_layout
 
@@ -820,9 +820,7 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout
     """
     check_type("path", path, (str, os.PathLike))
     location = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(location))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"the folder to write {location!r} into does not exist: {folder!r}")
+    check_output_folder(location)
     state = convert_state_dict(model, layout)
     if location.endswith(".safetensors"):
         from safetensors.torch import save_file

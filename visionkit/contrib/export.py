@@ -25,7 +25,7 @@ import torch
 import torch._inductor
 from torch import nn
 
-from ._checks import check_choice, check_positive_int, check_type
+from ._checks import check_choice, check_output_folder, check_positive_int, check_type
 
 __all__ = [
     "AOTIPackage",
@@ -143,13 +143,6 @@ def export_program(
     )
 
 
-def _check_output_folder(path: str) -> None:
-    """Refuse a path whose folder does not exist before anything is exported (which takes seconds to minutes)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"the folder to write {path!r} into does not exist: {folder!r}")
-
-
 def export_onnx(
     model: nn.Module,
     path: Union[str, os.PathLike],
@@ -192,7 +185,7 @@ def export_onnx(
         raise ValueError(f"opset must be 17 or later (LayerNormalization, GroupNorm as ops), got {opset}")
     check_positive_int("batch_size", batch_size)
     path = os.fspath(path)
-    _check_output_folder(path)
+    check_output_folder(path)  # before exporting, which takes seconds to minutes
     with _eval_mode(model):
         program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
     with warnings.catch_warnings():
@@ -254,7 +247,7 @@ def export_aoti_package(
     path = os.fspath(path)
     if not path.endswith(".pt2"):
         raise ValueError(f"an AOTInductor package path must end in '.pt2', got {path!r}")
-    _check_output_folder(path)
+    check_output_folder(path)  # before exporting, which takes seconds to minutes
     batch = 2 if dynamic_batch else batch_size
     example = _example_input(model, batch, input_size)
     with _eval_mode(model):
