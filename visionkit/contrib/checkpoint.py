@@ -145,6 +145,14 @@ def _sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
+def _check_file_sha256(path: str, sha256: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
+    actual = _sha256_of(path)
+    if actual != sha256.lower():
+        raise ValueError(f"checksum mismatch for {path!r}: expected sha256 {sha256}, got {actual}")
+
+
 def _download(url: str, sha256: Optional[str], progress: bool) -> str:
     """Download ``url`` once into torch.hub's checkpoint cache and return the local path."""
     cache = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -155,12 +163,11 @@ def _download(url: str, sha256: Optional[str], progress: bool) -> str:
     if not os.path.exists(path):
         torch.hub.download_url_to_file(url, path, hash_prefix=None, progress=progress)
     if sha256 is not None:
-        actual = _sha256_of(path)
-        if actual != sha256.lower():
+        try:
+            _check_file_sha256(path, sha256)
+        except ValueError as error:
             os.remove(path)
-            raise ValueError(
-                f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}; the cached file was removed"
-            )
+            raise ValueError(f"{error} (downloaded from {url}); the cached file was removed") from None
     return path
 
 
@@ -279,14 +286,6 @@ def read_checkpoint(
             _check_file_sha256(path, sha256)
         notes.append(f"read {path}")
     return _unwrap(_read_file(path), notes)
-
-
-def _check_file_sha256(path: str, sha256: str) -> None:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path!r}")
-    actual = _sha256_of(path)
-    if actual != sha256.lower():
-        raise ValueError(f"checksum mismatch for {path!r}: expected sha256 {sha256}, got {actual}")
 
 
 # --------------------------------------------------------------------------------------------- the model side
