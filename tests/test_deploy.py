@@ -188,6 +188,19 @@ def test_v1_at_1080x1920_does_not_materialise_the_attention_matrix(device: torch
     assert peak < 1.5 * 2**30 < naive_attention_bytes
 
 
+def test_peak_memory_sees_buffers_freed_inside_one_operator(device: torch.device) -> None:
+    # The test above relies on this: the non-fused attention kernel builds its N x N matrix inside one operator.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.rand(1, 4, 2048, 16, device=device)
+    matrix_bytes = 4 * 2048**2 * 4  # 64 MiB
+    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+        naive = peak_memory(lambda: F.scaled_dot_product_attention(q, q, q), device)
+    with torch.inference_mode():
+        fused = peak_memory(lambda: F.scaled_dot_product_attention(q, q, q), device)
+    assert naive >= matrix_bytes > 4 * fused
+
+
 def test_fuse_folds_sync_batchnorm_too() -> None:
     model = nn.SyncBatchNorm.convert_sync_batchnorm(MobileViT(mode="xxs")).eval()
     x = torch.rand(1, 3, 64, 64)
