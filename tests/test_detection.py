@@ -411,3 +411,92 @@ def test_batched_nms_equals_nms_run_label_by_label() -> None:
         expected.extend(index[nms(boxes[index], scores[index], 0.45)].tolist())
     expected.sort(key=lambda i: -scores[i].item())
     assert batched_nms(boxes, scores, labels, 0.45).tolist() == expected
+
+
+def test_a_box_with_an_infinite_coordinate_suppresses_nothing() -> None:
+    # One overflowing size offset used to make the class shift infinite and wipe out every other detection.
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0], [4.0, 4.0, 5.0, 5.0], [0.0, 0.0, 1.0, 1.0]])
+    boxes[3, 2] = float("inf")
+    assert batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7, 0.95]), torch.tensor([1, 2, 3, 1]), 0.5).tolist() == [
+        3, 0, 1, 2]
+    anchors = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.1, 0.1], [0.8, 0.8, 0.1, 0.1]])
+    logits = torch.tensor([[[-5.0, 5.0, -5.0]] * 3])
+    for dtype, size_offset in ((torch.float16, 60.0), (torch.float32, 500.0)):  # exp overflows in each dtype
+        offsets = torch.zeros(1, 3, 4)
+        offsets[0, 2, 2] = size_offset
+        (result,) = SSDLitePostProcess()(offsets.to(dtype), logits.to(dtype), anchors.to(dtype), (320, 320))
+        assert result["boxes"].shape[0] == 3, dtype
+
+
+def test_half_precision_outputs_are_post_processed_in_float32() -> None:
+    torch.manual_seed(0)
+    detector = _detector(lambda: MobileViTv2(0.5), num_classes=3, conf_threshold=0.05).eval().to(torch.bfloat16)
+    images = torch.rand(1, 3, 128, 128, dtype=torch.bfloat16)
+    with torch.no_grad():
+        offsets, logits, anchors = detector(images)
+    assert offsets.dtype == torch.bfloat16 and anchors.dtype == torch.float32
+    with torch.no_grad():
+        expected_anchors = detector.anchor_generator(SSDLiteHead.feature_sizes(detector.features(images)))
+    assert torch.equal(anchors, expected_anchors)
+    (result,) = detector.postprocess(offsets, logits, anchors, (128, 128))
+    (expected,) = detector.postprocess(offsets.float(), logits.float(), anchors, (128, 128))
+    assert result["boxes"].dtype == torch.float32 and result["boxes"].shape[0] > 0
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(result[key], expected[key]), key
+
+
+def test_post_processing_and_nms_check_their_inputs() -> None:
+    anchors = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    offsets, logits = torch.zeros(1, 1, 4), torch.zeros(1, 1, 3)
+    post = SSDLitePostProcess()
+    for image_size, error, message in (
+        (320, TypeError, "image_size must be the"),
+        (None, TypeError, "image_size must be the"),
+        (("a", "b"), TypeError, "image height must be an int"),
+        ((100.9, 200.9), TypeError, "image height must be an int"),
+        ((320, 0), ValueError, "image width must be a positive integer"),
+        ((1, 2, 3), ValueError, "image_size must be"),
+    ):
+        with pytest.raises(error, match=message):
+            post(offsets, logits, anchors, image_size)
+    assert len(post(offsets, logits, anchors, torch.Size([64, 64]))) == 1
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+        post(offsets, logits.long(), anchors, (64, 64))
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3)
+    with pytest.raises(ValueError, match=r"got \(3, 4\), \(2,\) and \(3,\)"):
+        batched_nms(boxes, torch.rand(2), torch.ones(3, dtype=torch.long), 0.5)
+    with pytest.raises(TypeError, match="labels must be an integer tensor"):
+        batched_nms(boxes, torch.rand(3), torch.ones(3), 0.5)
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \[0, 1\]"):
+        batched_nms(boxes, torch.rand(3), torch.ones(3, dtype=torch.long), 1.5)
+    with pytest.raises(TypeError, match="boxes"):
+        batched_nms(boxes.tolist(), torch.rand(3), torch.ones(3, dtype=torch.long), 0.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="center_variance"):
+        decode_ssd_boxes(offsets, anchors, center_variance="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="size_variance must be a positive finite number"):
+        decode_ssd_boxes(offsets, anchors, size_variance=float("inf"))
+
+
+def test_head_parts_and_anchors_check_their_arguments() -> None:
+    from visionkit.contrib import SeparableConv
+
+    with pytest.raises(TypeError, match="in_channels must be the channels"):
+        SSDLiteHead(64)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="features must hold 2 maps"):
+        SSDLiteHead.feature_sizes([torch.zeros(1, 1, 4, 4)])
+    with pytest.raises(TypeError, match="features must be a list or tuple"):
+        SSDLiteHead.feature_sizes(torch.zeros(2, 1, 4, 4))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="same batch size, got 1 and 2"):
+        SSDLiteHead((8, 8))([torch.zeros(1, 8, 4, 4), torch.zeros(2, 8, 2, 2)])
+    with pytest.raises(ValueError, match="stride must be a positive integer, got 0"):
+        SeparableConv(4, 4, stride=0)
+    with pytest.raises(TypeError, match="kernel_size"):
+        SeparableConv(4, 4, "3")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="in_channels must be a positive integer, got 0"):
+        SeparableConv(0, 4)
+    with pytest.raises(TypeError, match="aspect_ratios must be a sequence"):
+        SSDAnchorGenerator(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_scale < inf"):
+        SSDAnchorGenerator(max_scale=float("inf"))
+    with pytest.raises(TypeError, match="feature_sizes must be a sequence"):
+        SSDAnchorGenerator()(5)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ clipped to ``[0, 1]``. This file is an independent implementation written from t
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from typing import Optional
 
@@ -44,7 +46,8 @@ class SSDAnchorGenerator(nn.Module):
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: no level, an aspect ratio is not positive, or ``0 < min_scale < max_scale`` does not hold.
+        ValueError: no level, an aspect ratio is not positive and finite, or ``0 < min_scale < max_scale`` (finite)
+            does not hold.
 
     Example:
         >>> generator = SSDAnchorGenerator()
@@ -63,28 +66,32 @@ class SSDAnchorGenerator(nn.Module):
         clip: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(aspect_ratios, (str, bytes)) or not isinstance(aspect_ratios, Sequence) or not aspect_ratios:
-            raise ValueCheckError(
-                f"aspect_ratios must be a non-empty sequence (one entry per level), got {aspect_ratios!r}",
-                actual_value=aspect_ratios,
+        if isinstance(aspect_ratios, (str, bytes)) or not isinstance(aspect_ratios, Sequence):
+            raise TypeCheckError(
+                f"aspect_ratios must be a sequence (one entry per level), got {aspect_ratios!r}",
+                actual_type=type(aspect_ratios),
             )
+        if not aspect_ratios:
+            raise ValueCheckError("aspect_ratios must have at least one level, got an empty sequence",
+                                  actual_value=aspect_ratios)
         ratios: list[tuple[float, ...]] = []
         for level in aspect_ratios:
-            if not isinstance(level, Sequence):
-                raise ValueCheckError(
-                    f"each aspect_ratios entry must be a sequence of numbers, got {level!r}", actual_value=level
+            if isinstance(level, (str, bytes)) or not isinstance(level, Sequence):
+                raise TypeCheckError(
+                    f"each aspect_ratios entry must be a sequence of numbers, got {level!r}", actual_type=type(level)
                 )
             for ratio in level:
                 check_type("aspect ratio", ratio, (int, float))
-                if ratio <= 0:
-                    raise ValueCheckError(f"aspect ratios must be positive, got {ratio!r}", actual_value=ratio)
+                if not 0 < ratio < math.inf:
+                    raise ValueCheckError(f"aspect ratios must be positive and finite, got {ratio!r}",
+                                          actual_value=ratio)
             ratios.append(tuple(level))
         check_type("min_scale", min_scale, (int, float))
         check_type("max_scale", max_scale, (int, float))
         check_type("clip", clip, bool)
-        if not 0 < min_scale < max_scale:
+        if not 0 < min_scale < max_scale < math.inf:
             raise ValueCheckError(
-                f"need 0 < min_scale < max_scale, got min_scale={min_scale!r}, max_scale={max_scale!r}",
+                f"need 0 < min_scale < max_scale < inf, got min_scale={min_scale!r}, max_scale={max_scale!r}",
                 actual_value=(min_scale, max_scale),
             )
         self.aspect_ratios = tuple(ratios)
@@ -133,10 +140,16 @@ class SSDAnchorGenerator(nn.Module):
             level, then ``y``, then ``x``, then anchor.
 
         Raises:
-            TypeError: ``dtype`` is not a floating dtype.
+            TypeError: ``feature_sizes`` is not a sequence, a size holds something other than ints, or ``dtype``
+                is not a floating dtype.
             ValueError: the number of sizes differs from the number of levels, or a size is not a pair of positive
                 ints.
         """
+        if isinstance(feature_sizes, (str, bytes)) or not isinstance(feature_sizes, Sequence):
+            raise TypeCheckError(
+                f"feature_sizes must be a sequence of (height, width) pairs, one per level, got {feature_sizes!r}",
+                actual_type=type(feature_sizes),
+            )
         if len(feature_sizes) != self.num_levels:
             raise ValueCheckError(
                 f"expected {self.num_levels} feature-map sizes (one per level), got {len(feature_sizes)}",
@@ -146,9 +159,15 @@ class SSDAnchorGenerator(nn.Module):
             raise TypeCheckError(f"dtype must be a floating torch.dtype, got {dtype!r}", actual_type=type(dtype))
         levels = []
         for level, size in enumerate(feature_sizes):
-            if not isinstance(size, Sequence) or len(size) != 2 or any(isinstance(s, (float, bool)) for s in size):
+            if not isinstance(size, Sequence) or len(size) != 2:
                 raise ValueCheckError(f"feature size {level} must be a (height, width) pair of ints, got {size!r}")
-            height, width = (int(s) for s in size)
+            for value in size:
+                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                    raise TypeCheckError(
+                        f"feature size {level} must be a (height, width) pair of ints, got {size!r}",
+                        actual_type=type(value),
+                    )
+            height, width = (operator.index(s) for s in size)
             check_positive_int("feature height", height)
             check_positive_int("feature width", width)
             cy = (torch.arange(height, dtype=torch.float64) + 0.5) / height

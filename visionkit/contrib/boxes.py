@@ -8,10 +8,11 @@ boxes shifted apart by class. This file is an independent implementation.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
-from kornia.core.exceptions import ValueCheckError
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from kornia.geometry.bbox import nms
 from torch import nn
 
@@ -41,8 +42,8 @@ def decode_ssd_boxes(
         :math:`(..., N, 4)` boxes ``(x1, y1, x2, y2)``.
 
     Raises:
-        TypeError: ``offsets`` or ``anchors`` is not a tensor.
-        ValueError: the last dimension is not 4 or the anchor count differs.
+        TypeError: ``offsets`` or ``anchors`` is not a tensor, or a variance is not a number.
+        ValueError: the last dimension is not 4, the anchor count differs, or a variance is not positive.
 
     Example:
         >>> anchors = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
@@ -51,6 +52,8 @@ def decode_ssd_boxes(
     """
     check_type("offsets", offsets, torch.Tensor)
     check_type("anchors", anchors, torch.Tensor)
+    _check_variance("center_variance", center_variance)
+    _check_variance("size_variance", size_variance)
     if offsets.shape[-1] != 4 or offsets.dim() < 2:
         raise ValueCheckError(f"offsets must be (..., N, 4), got shape {tuple(offsets.shape)}")
     if anchors.dim() != 2 or anchors.shape[-1] != 4 or anchors.shape[0] != offsets.shape[-2]:
@@ -68,8 +71,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
 
     Boxes of different labels are shifted apart by more than the coordinate span so that they never overlap, then
     one NMS runs over all of them, in float64 whatever the boxes' dtype (the shift reaches tens of thousands, where
-    half precision rounds coordinates to multiples of 16 or more). A box without area overlaps nothing (IoU 0): it
-    is kept and suppresses nothing.
+    half precision rounds coordinates to multiples of 16 or more). A box without area, or with a coordinate that is
+    not finite (an overflowed size offset, for example), overlaps nothing: it is kept and suppresses nothing.
 
     Args:
         boxes: :math:`(N, 4)` boxes ``(x1, y1, x2, y2)``.
@@ -80,24 +83,70 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     Returns:
         Indices of the kept boxes, by decreasing score.
 
+    Raises:
+        TypeError: an input is not a tensor, ``labels`` is not an integer tensor, or ``iou_threshold`` is not a
+            number.
+        ValueError: the shapes do not agree or ``iou_threshold`` is outside ``[0, 1]``.
+
     Example:
         >>> boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.], [1., 1., 10., 10.]])
         >>> batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 1, 2]), 0.5)
         tensor([0, 2])
     """
+    for name, value in (("boxes", boxes), ("scores", scores), ("labels", labels)):
+        check_type(name, value, torch.Tensor)
+    if boxes.dim() != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1] or labels.shape != scores.shape:
+        raise ValueCheckError(
+            f"boxes must be (N, 4), scores (N,) and labels (N,) with the same N, got {tuple(boxes.shape)}, "
+            f"{tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeCheckError(f"labels must be an integer tensor, got dtype {labels.dtype}", actual_type=labels.dtype)
+    _check_fraction("iou_threshold", iou_threshold)
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     exact = boxes.double()
-    span = exact.max() - exact.min() + 1
-    shifted = exact + (labels.double() * span)[:, None]
-    has_area = (exact[:, 2] > exact[:, 0]) & (exact[:, 3] > exact[:, 1])
-    if bool(has_area.all()):
-        return nms(shifted, scores.double(), iou_threshold)
-    # kornia's IoU of two empty boxes is 0/0; boxes without area take no part in the suppression.
-    with_area = torch.nonzero(has_area).flatten()
-    kept = torch.cat((with_area[nms(shifted[with_area], scores[with_area].double(), iou_threshold)],
-                      torch.nonzero(~has_area).flatten()))
+    takes_part = (exact[:, 2] > exact[:, 0]) & (exact[:, 3] > exact[:, 1]) & torch.isfinite(exact).all(dim=1)
+    # kornia's IoU of two empty boxes is 0/0, and one infinite coordinate would make the shift below infinite for
+    # every box: such boxes take no part in the suppression.
+    part = torch.nonzero(takes_part).flatten()
+    if part.numel() == 0:
+        return torch.argsort(scores, descending=True, stable=True)
+    within = exact[part]
+    span = within.max() - within.min() + 1
+    shifted = within + (labels[part].double() * span)[:, None]
+    kept = part[nms(shifted, scores[part].double(), float(iou_threshold))]
+    if part.numel() == boxes.shape[0]:
+        return kept
+    kept = torch.cat((kept, torch.nonzero(~takes_part).flatten()))
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+def _check_variance(name: str, value: float) -> None:
+    check_type(name, value, (int, float))
+    if not 0 < value < float("inf"):
+        raise ValueCheckError(f"{name} must be a positive finite number, got {value!r}", actual_value=value)
+
+
+def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, (str, bytes)) or not isinstance(image_size, Sequence):
+        raise TypeCheckError(
+            f"image_size must be the (H, W) of the network input, e.g. images.shape[-2:], got {image_size!r}",
+            actual_type=type(image_size),
+        )
+    if len(image_size) != 2:
+        raise ValueCheckError(f"image_size must be (H, W), got {image_size!r}", actual_value=image_size)
+    return _size("image height", image_size[0]), _size("image width", image_size[1])
+
+
+def _size(name: str, value: object) -> int:
+    # ints, and int-like values such as numpy integers or the entries of a torch.Size; not floats or bools
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeCheckError(f"{name} must be an int, got {value!r}", actual_type=type(value))
+    size = operator.index(value)  # type: ignore[call-overload]
+    if size <= 0:
+        raise ValueCheckError(f"{name} must be a positive integer, got {size}", actual_value=size)
+    return size
 
 
 def _check_fraction(name: str, value: float) -> None:
@@ -151,10 +200,8 @@ class SSDLitePostProcess(nn.Module):
         _check_fraction("nms_threshold", nms_threshold)
         check_positive_int("top_k", top_k)
         check_positive_int("max_detections", max_detections)
-        for name, value in (("center_variance", center_variance), ("size_variance", size_variance)):
-            check_type(name, value, (int, float))
-            if value <= 0:
-                raise ValueCheckError(f"{name} must be positive, got {value!r}", actual_value=value)
+        _check_variance("center_variance", center_variance)
+        _check_variance("size_variance", size_variance)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = top_k
@@ -199,7 +246,8 @@ class SSDLitePostProcess(nn.Module):
         image_size: Sequence[int],
     ) -> list[dict[str, torch.Tensor]]:
         """Return one dict per image with ``boxes`` :math:`(M, 4)` ``xyxy`` pixels, ``scores`` :math:`(M,)` and
-        ``labels`` :math:`(M,)` (int64, 1 .. K-1), by decreasing score; :math:`M = 0` gives empty tensors.
+        ``labels`` :math:`(M,)` (int64, 1 .. K-1), by decreasing score; :math:`M = 0` gives empty tensors. Boxes
+        and scores are float32 for float16 or bfloat16 outputs (decoding, softmax and NMS run in float32 or wider).
 
         Args:
             offsets: :math:`(B, N, 4)` raw box offsets.
@@ -208,11 +256,15 @@ class SSDLitePostProcess(nn.Module):
             image_size: ``(H, W)`` of the network input, to scale boxes to pixels.
 
         Raises:
-            TypeError: ``offsets``, ``logits`` or ``anchors`` is not a tensor.
+            TypeError: ``offsets``, ``logits`` or ``anchors`` is not a floating-point tensor, or ``image_size`` is
+                not a sequence of ints.
             ValueError: the shapes do not agree or ``image_size`` is not two positive ints.
         """
         for name, value in (("offsets", offsets), ("logits", logits), ("anchors", anchors)):
             check_type(name, value, torch.Tensor)
+            if not value.is_floating_point():
+                raise TypeCheckError(f"{name} must be a floating-point tensor, got dtype {value.dtype}",
+                                     actual_type=value.dtype)
         if offsets.dim() != 3 or logits.dim() != 3 or offsets.shape[:2] != logits.shape[:2]:
             raise ValueCheckError(
                 f"offsets must be (B, N, 4) and logits (B, N, K) with the same B and N, got "
@@ -220,12 +272,11 @@ class SSDLitePostProcess(nn.Module):
             )
         if logits.shape[-1] < 2:
             raise ValueCheckError(f"logits need a background class and at least one class, got {logits.shape[-1]}")
-        if len(image_size) != 2:
-            raise ValueCheckError(f"image_size must be (H, W), got {image_size!r}", actual_value=image_size)
-        height, width = (int(s) for s in image_size)
-        check_positive_int("image height", height)
-        check_positive_int("image width", width)
-        boxes = decode_ssd_boxes(offsets, anchors, self.center_variance, self.size_variance)
+        height, width = _check_image_size(image_size)
+        # Half-precision outputs are decoded in float32: bfloat16 would round box corners by pixels and give many
+        # tied scores, which change the top-k and NMS order.
+        dtype = torch.promote_types(torch.promote_types(offsets.dtype, logits.dtype), torch.float32)
+        boxes = decode_ssd_boxes(offsets.to(dtype), anchors.to(dtype), self.center_variance, self.size_variance)
         boxes = boxes * boxes.new_tensor([width, height, width, height])
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits.to(dtype), dim=-1)
         return [self._select(boxes[b], probs[b]) for b in range(boxes.shape[0])]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import torch
-from kornia.core.exceptions import ValueCheckError
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
 from ._checks import check_image, check_positive_int, check_type
@@ -54,7 +54,12 @@ class SeparableConv(nn.Module):
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)`
-        - Output: :math:`(B, C_{out}, \\lceil H / s \\rceil, \\lceil W / s \\rceil)`
+        - Output: :math:`(B, C_{out}, \\lceil H / s \\rceil, \\lceil W / s \\rceil)` for an odd ``kernel_size``
+          (padding ``(kernel_size - 1) // 2``).
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: a channel count, ``kernel_size`` or ``stride`` is not a positive int.
     """
 
     def __init__(
@@ -69,6 +74,13 @@ class SeparableConv(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (
+            ("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size),
+            ("stride", stride),
+        ):
+            check_positive_int(name, value)
+        for name, flag in (("bias", bias), ("norm", norm), ("act", act)):
+            check_type(name, flag, bool)
         self.dw_conv = ConvLayer(
             in_channels, in_channels, kernel_size, stride=stride, groups=in_channels, act_layer=None
         )
@@ -158,10 +170,10 @@ class SSDLiteHead(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(in_channels, (str, bytes)) or not isinstance(in_channels, Sequence):
-            raise ValueCheckError(
+            raise TypeCheckError(
                 f"in_channels must be the channels of the stride-16 and stride-32 maps, e.g. (64, 80), "
                 f"got {in_channels!r}",
-                actual_value=in_channels,
+                actual_type=type(in_channels),
             )
         if len(in_channels) != _NUM_BACKBONE_LEVELS:
             raise ValueCheckError(
@@ -226,7 +238,8 @@ class SSDLiteHead(nn.Module):
 
         Raises:
             TypeError: ``features`` is not a list or tuple.
-            ValueError: the number of maps or their channels differ from :attr:`in_channels`.
+            ValueError: the number of maps or their channels differ from :attr:`in_channels`, or their batch sizes
+                differ.
         """
         if not isinstance(features, (list, tuple)):
             raise TypeError(
@@ -240,6 +253,11 @@ class SSDLiteHead(nn.Module):
             )
         for feature, channels in zip(features, self.in_channels):
             check_image(feature, channels)
+        if features[0].shape[0] != features[1].shape[0]:
+            raise ValueCheckError(
+                f"the two feature maps must have the same batch size, got {features[0].shape[0]} and "
+                f"{features[1].shape[0]}"
+            )
         levels = list(features)
         x = levels[-1]
         for layer in self.extra_layers.values():
@@ -262,10 +280,28 @@ class SSDLiteHead(nn.Module):
 
         The extra levels are 3x3 stride-2 convs (size :math:`\\lceil n / 2 \\rceil`) and a global level (1x1).
 
+        Raises:
+            TypeError: ``features`` is not a list or tuple of tensors.
+            ValueError: it does not hold two maps, or a map has fewer than two dimensions.
+
         Example:
             >>> SSDLiteHead.feature_sizes([torch.zeros(1, 1, 20, 20), torch.zeros(1, 1, 10, 10)])
             [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
         """
+        if not isinstance(features, (list, tuple)):
+            raise TypeCheckError(
+                f"features must be a list or tuple of the stride-16 and stride-32 maps, got {type(features).__name__}",
+                actual_type=type(features),
+            )
+        if len(features) != _NUM_BACKBONE_LEVELS:
+            raise ValueCheckError(
+                f"features must hold {_NUM_BACKBONE_LEVELS} maps (strides 16 and 32), got {len(features)}",
+                actual_value=len(features),
+            )
+        for feature in features:
+            check_type("each feature map", feature, torch.Tensor)
+            if feature.dim() < 2:
+                raise ValueCheckError(f"feature maps must be (..., H, W), got shape {tuple(feature.shape)}")
         sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in features]
         height, width = sizes[-1]
         for _ in _EXTRA_LEVEL_NAMES[:-1]:
@@ -362,14 +398,16 @@ class SSDLite(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw ``offsets`` :math:`(B, N, 4)`, ``logits`` :math:`(B, N, K)` and ``anchors`` :math:`(N, 4)`.
 
-        Anchors are normalised ``(cx, cy, w, h)``; :func:`~visionkit.contrib.decode_ssd_boxes` turns offsets and
+        Anchors are normalised ``(cx, cy, w, h)``, float32 when the model runs in float16 or bfloat16; :func:`~visionkit.contrib.decode_ssd_boxes` turns offsets and
         anchors into normalised ``xyxy`` boxes.
         """
         features = self.features(images)
         levels = self.head.pyramid(features)
         offsets, logits = self.head.predict(levels)
         sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
-        anchors = self.anchor_generator(sizes, device=offsets.device, dtype=offsets.dtype)
+        # at least float32: in bfloat16 the anchors alone would be off by up to 1.6e-3 of the image
+        dtype = torch.promote_types(offsets.dtype, torch.float32)
+        anchors = self.anchor_generator(sizes, device=offsets.device, dtype=dtype)
         return offsets, logits, anchors
 
     @torch.no_grad()
