@@ -765,10 +765,15 @@ def test_visionkit_layout_moves_heads_between_wrappers_and_skips_them_for_a_bare
 
 def test_channels_last_models_save_as_safetensors_in_every_layout(tmp_path: pathlib.Path) -> None:
     model = classifier(MobileViT(mode="xxs")).to(memory_format=torch.channels_last)
+    expected = {k: v.contiguous() for k, v in model.state_dict().items()}
     for layout in ("visionkit", "cvnets"):
         path = tmp_path / f"{layout}.safetensors"
         save_checkpoint(model, path, layout)
-        assert load_checkpoint(classifier(MobileViT(mode="xxs")), path).complete
+        loaded = classifier(MobileViT(mode="xxs"))
+        assert load_checkpoint(loaded, path).complete
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected), layout  # the values, not only the keys
 
 
 def test_saving_into_a_missing_folder_is_a_file_not_found_error(tmp_path: pathlib.Path) -> None:
@@ -820,3 +825,16 @@ def test_failure_messages_point_at_the_stem_channels_and_skip_unrelated_hints() 
     with pytest.raises(ValueError) as info:
         load_checkpoint(MobileViT(mode="xxs"), v2)
     assert "conv_1x1_exp" not in str(info.value).split("missing keys")[-1].split("\n", 1)[-1]
+
+
+def test_key_tables_refuse_unknown_layouts_and_families() -> None:
+    from visionkit.contrib.key_maps import family_of, head_key_to_official, official_to_layout
+
+    with pytest.raises(ValueError, match="layout must be one of 'cvnets', 'timm', 'hf'; got 'onnx'"):
+        official_to_layout("layer_3.1.global_rep.0.pre_norm_mha.0.weight", "onnx", "v1")
+    with pytest.raises(ValueError, match="family must be one of 'v1', 'v2'; got 'v3'"):
+        official_to_layout("conv_1.block.conv.weight", "timm", "v3")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        head_key_to_official("classifier.weight", "onnx")
+    with pytest.raises(ValueError, match="attention must be one of 'multi_head', 'separable'; got 'multihead'"):
+        family_of("multihead")

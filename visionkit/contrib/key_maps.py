@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional
 
+from ._checks import check_choice
+
 __all__ = [
     "HEAD_RULES",
     "HF_BACKBONE_PREFIX",
@@ -165,11 +167,19 @@ _LEAVES = {
 def family_of(attention: str) -> str:
     """Key-table family of a block attention kind: ``"multi_head"`` -> ``"v1"``, ``"separable"`` -> ``"v2"``.
 
+    Raises:
+        ValueError: ``attention`` is neither.
+
     Example:
         >>> family_of("separable")
         'v2'
     """
-    return "v1" if attention == "multi_head" else "v2"
+    check_choice("attention", attention, _FAMILY_OF)
+    return _FAMILY_OF[attention]
+
+
+_FAMILY_OF = {"multi_head": "v1", "separable": "v2"}
+_FAMILIES = ("v1", "v2")
 
 
 _PLACEHOLDER = re.compile(r"\{(L|j|k)\}")
@@ -214,6 +224,9 @@ def official_to_layout(key: str, layout: str, family: str) -> Optional[tuple[For
         The key(s) in ``layout`` (three for v1's qkv in HF, each holding a third of the rows), or ``None`` when no
         row of the tables covers the key in that layout.
 
+    Raises:
+        ValueError: ``layout`` or ``family`` is not one of the values above.
+
     Example:
         >>> official_to_layout("conv_1.block.norm.running_var", "timm", "v1")
         (ForeignKey(key='stem.bn.running_var', part=0, parts=1),)
@@ -223,6 +236,8 @@ def official_to_layout(key: str, layout: str, family: str) -> Optional[tuple[For
         mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.key.bias 1 3
         mobilevit.encoder.layer.2.transformer.layer.1.attention.attention.value.bias 2 3
     """
+    check_choice("layout", layout, LAYOUTS)
+    check_choice("family", family, _FAMILIES)
     if layout == "cvnets":
         return (ForeignKey(key),)
     rules = V1_RULES if family == "v1" else V2_RULES
@@ -258,12 +273,16 @@ def head_key_to_official(key: str, layout: str) -> list[str]:
         key: a key of a timm or HF checkpoint (HF without the ``mobilevit.`` prefix, which head keys never have).
         layout: ``"cvnets"`` (returned unchanged), ``"timm"`` or ``"hf"``.
 
+    Raises:
+        ValueError: ``layout`` is not one of those.
+
     Example:
         >>> head_key_to_official("head.fc.bias", "timm")
         ['classifier.fc.bias', 'classifier.1.bias']
         >>> head_key_to_official("segmentation_head.aspp.convs.4.conv_1x1.normalization.running_var", "hf")
         ['seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.block.norm.running_var']
     """
+    check_choice("layout", layout, LAYOUTS)
     if layout == "cvnets":
         return [key]
     found = []
