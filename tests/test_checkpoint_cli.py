@@ -44,3 +44,21 @@ def test_convert_command_refuses_wrong_variant(tmp_path: pathlib.Path, capsys: p
     with pytest.raises(ValueError, match="looks like mobilevitv2_050"):
         main(["--traceback", "convert", str(DATA / "v2_050_cls.pt"), str(out), "--variant", "mobilevitv2_075"])
     assert not out.exists()
+
+
+def test_convert_refuses_a_folder_as_destination_and_negative_classes(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionkit.contrib import checkpoint_cli
+
+    monkeypatch.setattr(checkpoint_cli, "load_checkpoint", lambda *args, **kwargs: pytest.fail("the load started"))
+    for folder in (tmp_path, tmp_path / "w.safetensors"):
+        folder.mkdir(exist_ok=True)
+        assert main(["convert", str(DATA / "v2_050_cls.pt"), str(folder), "--variant", "mobilevitv2_050"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("visionkit convert: error: ") and "is a folder" in err, err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(DATA / "v2_050_cls.pt"), str(tmp_path / "w.pt"), "--variant", "mobilevitv2_050",
+              "--num-classes", "-5"])
+    assert exit_info.value.code == 2
+    assert "--num-classes: must be 0 (backbone only) or a positive number of classes, got -5" in capsys.readouterr().err

@@ -80,8 +80,14 @@ def check_same_place(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> None:
-    """Raise ``FileNotFoundError`` when the folder ``path`` would be written into does not exist (checked before
-    slow work: an export, a benchmark run, a conversion)."""
+    """Raise before slow work (an export, a benchmark run, a conversion) when ``path`` cannot be written as a file.
+
+    Raises:
+        FileNotFoundError: the folder ``path`` would be written into does not exist.
+        IsADirectoryError: ``path`` itself is an existing folder.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder to write {os.fspath(path)!r} into does not exist: {folder!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{os.fspath(path)!r} is a folder; give the path of the file to write")

@@ -1,8 +1,10 @@
 """``visionkit weights`` (list the registry) and ``visionkit convert`` (rewrite a checkpoint in another layout).
 
-``visionkit convert`` is the explicit, checkable converter: it builds the named variant, loads the file with
-:func:`~visionkit.contrib.load_checkpoint` (strict, so every tensor must find its place), prints the report and
-writes the weights in the requested layout with :func:`~visionkit.contrib.save_checkpoint`.
+``visionkit convert`` is the explicit, checkable converter: it builds the named variant (with a classifier unless
+``--num-classes 0``), loads the file with :func:`~visionkit.contrib.load_checkpoint` (strict: every tensor of the
+model must be in the file, and every tensor of the file must find its place, except that a backbone-only conversion
+leaves the file's head tensors out and lists them as skipped), prints the report and writes the weights in the
+requested layout with :func:`~visionkit.contrib.save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 
 from torch import nn
 
+from ._checks import check_output_folder
 from .checkpoint import SOURCES, load_checkpoint, save_checkpoint
 from .heads import ClassificationHead
 from .variants import VARIANTS, build_variant
@@ -43,6 +46,7 @@ def _run_weights(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
+    check_output_folder(args.dst)  # before loading: a folder or a missing folder fails here, not after the work
     backbone = build_variant(args.variant, expand_output=not args.no_expand)
     model: nn.Module = backbone
     if args.num_classes > 0:
@@ -52,6 +56,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     written = save_checkpoint(model, args.dst, layout=args.to)
     print(f"wrote {args.dst} ({args.to} layout, {written} tensors)")
     return 0
+
+
+def _classes(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (backbone only) or a positive number of classes, got {value}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("--source", default="auto", choices=SOURCES, help="input layout (default: detect)")
     convert.add_argument("--to", default="cvnets", choices=("cvnets", "timm", "hf", "visionkit"),
                          help="output layout (default cvnets)")
-    convert.add_argument("--num-classes", type=int, default=1000,
-                         help="classifier classes; 0 converts the backbone only (default 1000)")
+    convert.add_argument("--num-classes", type=_classes, default=1000,
+                         help="classifier classes; 0 converts the backbone only and leaves the file's head "
+                              "tensors out (listed as skipped in the report) (default 1000)")
     convert.add_argument("--no-expand", action="store_true",
                          help="backbone without conv_1x1_exp, as in detection/segmentation checkpoints")
     convert.set_defaults(run=_run_convert)
