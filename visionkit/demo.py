@@ -419,7 +419,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
     parser = subparsers.add_parser(
         "demo",
-        help="fine-tune MobileViT on scikit-learn's digits: accuracy, checkpoint, plots, reload check",
+        help="train MobileViT from scratch on scikit-learn's digits: accuracy, checkpoint, plots, reload check",
         description=__doc__.splitlines()[0].split(": ", 1)[1],
     )
     parser.add_argument("--epochs", type=int, default=12, help="training epochs (default 12)")

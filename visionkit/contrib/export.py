@@ -164,7 +164,7 @@ def export_onnx(
         path: file to write.
         opset: ONNX opset version, 17 or later.
         dynamic: symbolic batch, height and width (from :data:`MIN_DYNAMIC_SIZE` up); otherwise the graph is
-            fixed to batch 1 and ``input_size``.
+            fixed to ``batch_size`` and ``input_size``.
         input_size: ``(height, width)`` to trace at (the fixed size when not ``dynamic``).
         batch_size: the fixed batch size when not ``dynamic``.
 
