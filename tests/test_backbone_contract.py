@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import DATA
-from visionkit.contrib import ClassificationHead, MobileViTBackbone
+from visionkit.contrib import ClassificationHead
 from visionkit.contrib.variants import VARIANTS, Variant, build_variant
 
 # Parameter counts with a 1000-class ClassificationHead, measured on the official models (spec §2.5, §3.7, §4.3).
@@ -258,4 +258,4 @@ def test_large_input_runs() -> None:
     with torch.inference_mode():
         out = backbone(torch.rand(1, 3, 1080, 1920))
     assert out.shape == (1, 320, 34, 60)
-    assert isinstance(backbone, MobileViTBackbone)
+    assert torch.isfinite(out).all()

@@ -29,7 +29,7 @@ def test_width_must_be_positive(width: float) -> None:
 
 
 def test_width_type() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="width_multiplier"):
         MobileViTv2("1.0")  # type: ignore[arg-type]
 
 
@@ -60,7 +60,8 @@ def test_misspelled_keyword_is_a_type_error() -> None:
     ({"dropout": 1.5}, ValueError),
 ])
 def test_bad_constructor_arguments(kwargs: dict, error: type) -> None:
-    with pytest.raises(error):
+    (name,) = kwargs
+    with pytest.raises(error, match=name):  # the library's own check, naming the argument
         MobileViT(mode="xxs", **kwargs)
 
 
@@ -209,7 +210,7 @@ def test_anchor_and_box_helpers_check_their_inputs() -> None:
 
     generator = SSDAnchorGenerator()
     sizes = [(4, 4)] * generator.num_levels
-    with pytest.raises(ValueError, match=r"feature size 0 must be a \(height, width\) pair of ints, got \(20.5, 20\)"):
+    with pytest.raises(TypeError, match=r"feature size 0 must be a \(height, width\) pair of ints, got \(20.5, 20\)"):
         generator([(20.5, 20)] + sizes[1:])
     with pytest.raises(ValueError, match="got 20"):
         generator([20] * generator.num_levels)

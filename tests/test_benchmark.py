@@ -19,7 +19,23 @@ def test_latency_table_under_autocast_is_written_with_ratios(tmp_path: Path) -> 
     argv = ["--variants", "mobilevitv3_xxs", "mobilevit_xxs", "--batches", "2", "--rounds", "2", "--size", "64",
             "--impls", "vk_eager", "vk_fused", "hf_eager", "--train-variants", "--highres-variants",
             "--autocast", "bf16", "-o", str(report)]
-    assert benchmark.main(argv) == 0
+    from visionkit.contrib import MobileViTBackbone
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    outputs: list[torch.dtype] = []  # what the timed visionkit calls returned: bfloat16 only under autocast
+
+    def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        # the compute-floor section counts FLOPs of one float32 forward; every other call is timed
+        if isinstance(module, MobileViTBackbone) and not torch.utils._python_dispatch.is_in_torch_dispatch_mode():
+            outputs.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        assert benchmark.main(argv) == 0
+    finally:
+        handle.remove()
+    assert outputs and set(outputs) == {torch.bfloat16}
     text = report.read_text()
     assert "precision: torch.autocast bf16" in text
     row = next(line for line in text.splitlines() if line.startswith("mobilevit_xxs "))
@@ -267,7 +283,7 @@ def test_quick_changes_only_the_defaults() -> None:
     benchmark._resolve_defaults(args)
     assert (args.variants, args.rounds, args.train_variants, args.train_rounds) == (
         ["mobilevit_xxs"], 3, ["mobilevit_xxs"], 2)
-    assert "vk_compiled" not in args.impls and "vk_eager" in args.impls
+    assert "vk_compiled" not in args.impls and "vk_aoti" not in args.impls and "vk_eager" in args.impls
     given = ["--quick", "--variants", "mobilevitv2_050", "--rounds", "7", "--impls", "vk_eager", "vk_compiled",
              "--train-variants"]
     args = benchmark.build_parser().parse_args(given)

@@ -105,11 +105,16 @@ def test_v2_block_keeps_the_enlarged_size() -> None:
     assert block(torch.rand(2, 8, 7, 5)).shape == (2, 8, 8, 6)
 
 
-def test_same_size_resize_is_an_exact_identity() -> None:
-    # While tracing, blocks resize unconditionally; this must not change a divisible map.
+def test_same_size_resize_is_an_exact_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from visionkit.contrib import blocks
+
     x = torch.rand(1, 3, 8, 6)
+    assert blocks._resize_to_multiple(x, 2, align_corners=False) is x  # eager: a divisible map is not resized
+    # While tracing (or exporting with symbolic sizes), blocks resize unconditionally; that must not change the map.
+    monkeypatch.setattr(blocks, "_always_resize", lambda *sizes: True)
     for align in (False, True):
-        assert torch.equal(F.interpolate(x, size=(8, 6), mode="bilinear", align_corners=align), x)
+        resized = blocks._resize_to_multiple(x, 2, align_corners=align)
+        assert resized is not x and torch.equal(resized, x)
 
 
 @pytest.mark.parametrize("fusion", ["none", "input"])
