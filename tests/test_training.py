@@ -164,6 +164,42 @@ def test_grad_checkpointing_saves_memory_on_the_autograd_graph():
     assert checkpointed < 0.3 * plain
 
 
+class _Wrapped(nn.Module):
+    """A stage replaced by another module (as after regional torch.compile): not iterable like nn.Sequential."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x):
+        return self.stage(x)
+
+
+def test_grad_checkpointing_calls_hooked_and_replaced_stages_and_steps_aside_for_torch_func():
+    torch.manual_seed(0)
+    plain = MobileViT("xxs").train()
+    checkpointed = copy.deepcopy(plain).train()
+    checkpointed.set_grad_checkpointing(True)
+    calls = []
+    checkpointed.layer_4.register_forward_hook(lambda *args: calls.append("layer_4"))
+    checkpointed.layer_5 = _Wrapped(checkpointed.layer_5)
+    plain.layer_5 = _Wrapped(plain.layer_5)
+    x = torch.rand(2, 3, 64, 64)
+    for model in (plain, checkpointed):
+        torch.manual_seed(1)  # same dropout masks
+        out = model(x)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    assert calls == ["layer_4"]  # the stage's own hook ran (it was skipped when the blocks ran one by one)
+    for (name, expected), actual in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=0, atol=1e-6, msg=name)
+    # torch.func.grad refuses checkpointing's saved-tensor hooks; the stages then run plainly
+    model = MobileViT("xxs", grad_checkpointing=True).eval()
+    image = torch.rand(1, 3, 32, 32)
+    gradient = torch.func.grad(lambda im: model(im).sum())(image)
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(gradient, torch.func.grad(lambda im: model(im).sum())(image))
+
+
 def test_init_distributed_single_process(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

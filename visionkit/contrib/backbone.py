@@ -34,7 +34,7 @@ from .configs import (
     mobilevit_v3_config,
 )
 from .deploy import fuse_batchnorm
-from .layers import ConvLayer, InvertedResidual, is_recording
+from .layers import ConvLayer, InvertedResidual, _runs_unobserved, in_function_transform, is_recording
 
 __all__ = ["FeatureInfo", "MobileViT", "MobileViTBackbone", "MobileViTv2", "MobileViTv3"]
 
@@ -250,10 +250,11 @@ class MobileViTBackbone(nn.Module):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+                # _BatchNorm: SyncBatchNorm (after convert_sync_batchnorm) is not a BatchNorm2d
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-                if isinstance(module, nn.BatchNorm2d):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.reset_running_stats()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -267,6 +268,11 @@ class MobileViTBackbone(nn.Module):
         more forward pass per training step. Measured with ``python benchmarks/grad_checkpointing_memory.py``
         (MobileViT-S, batch 8, 512x512, one CPU training step, float32): the step's peak memory fell from
         4,222 MiB to 1,439 MiB (-66%).
+
+        A stage with hooks of its own (or global module hooks), or one replaced by another module such as a
+        compiled stage, runs through its own call under one checkpoint instead (as with any checkpointed module,
+        hooks inside it may run again during the recomputation). Under ``torch.func`` transforms, tracing and
+        ``torch.export`` the stages run without checkpointing.
 
         Args:
             enable: ``True`` to checkpoint, ``False`` to store activations as usual.
@@ -295,9 +301,13 @@ class MobileViTBackbone(nn.Module):
         return x if is_recording() else x.contiguous()
 
     def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        if exporting or not (self.grad_checkpointing and torch.is_grad_enabled()):
+        # torch.func's grad/vjp refuse the saved-tensor hooks that checkpointing uses
+        plain = torch.jit.is_tracing() or torch.compiler.is_exporting() or in_function_transform()
+        if plain or not (self.grad_checkpointing and torch.is_grad_enabled()):
             return stage(x)
+        if type(stage) is not nn.Sequential or not _runs_unobserved(stage):
+            # A replaced (e.g. compiled) or hooked stage runs through its own call, as one checkpointed piece.
+            return _checkpointed(stage, x)
         for block in stage:
             x = _checkpointed(block, x)
         return x
