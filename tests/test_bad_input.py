@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -237,3 +239,66 @@ def test_segmentation_head_and_attention_check_their_arguments_and_inputs() -> N
         MultiHeadAttention(64, 0)
     with pytest.raises(ValueError, match=r"attn_dropout must be in \[0, 1\), got 1.5"):
         MultiHeadAttention(64, 4, 1.5)
+
+
+def test_reset_parameters_resets_sync_batchnorm_too() -> None:
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(MobileViT(mode="xxs"))
+    norm = model.conv_1.block.norm
+    with torch.no_grad():
+        norm.weight.fill_(7.0)
+        norm.running_mean.fill_(3.0)
+    model.reset_parameters()
+    assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+
+
+def test_float64_input_is_a_clear_type_error_under_autocast_too() -> None:
+    model = MobileViT(mode="xxs").eval()
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)  # what torch.from_numpy gives for default numpy arrays
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="the input has dtype torch.float64 but the model has dtype torch.float32"):
+            model(x)
+        assert model(x.float()).dtype == torch.bfloat16  # float32 input is what autocast casts
+
+
+def test_architecture_configs_are_checked_field_by_field() -> None:
+    from visionkit.contrib import MobileViTBackbone
+    from visionkit.contrib.configs import BlockConfig, ConvStageConfig, TransformerStageConfig, mobilevit_config
+
+    with pytest.raises(ValueError, match="ConvStageConfig.num_blocks must be a positive integer, got 0"):
+        ConvStageConfig(24, 0, 2, 2)
+    with pytest.raises(ValueError, match="TransformerStageConfig.expand_ratio must be positive and finite"):
+        TransformerStageConfig(48, 64, 128, 2, 0.0)
+    with pytest.raises(ValueError, match="attention must be one of 'multi_head', 'separable'; got 'multihead'"):
+        BlockConfig("multihead", "input", False, False)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fusion of the 'separable' block must be one of 'none', 'local'"):
+        BlockConfig("separable", "input", True, True)
+    with pytest.raises(ValueError, match="BlockConfig.patch_size must be a positive integer, got 0"):
+        BlockConfig("multi_head", "input", False, False, patch_size=0)
+    config = mobilevit_config("xxs")
+    with pytest.raises(ValueError, match="BackboneConfig.expansion_channels must be a positive integer, got 0"):
+        dataclasses.replace(config, expansion_channels=0)
+    with pytest.raises(ValueError, match=r"attn_dropout must be in \[0, 1\), got 1.0"):
+        dataclasses.replace(config, attn_dropout=1.0)
+    with pytest.raises(TypeError, match="layer_3"):
+        dataclasses.replace(config, layer_3=config.layer_1)
+    assert MobileViTBackbone(config).feature_info == MobileViT(mode="xxs").feature_info
+
+
+def test_blocks_and_patch_helpers_check_their_arguments() -> None:
+    from visionkit.contrib.blocks import MobileViTBlock, MobileViTBlockV2, fold_tokens, unfold_tokens
+
+    with pytest.raises(ValueError, match="patch_size must be a positive integer, got 0"):
+        MobileViTBlock(8, 8, 16, num_layers=1, patch_size=0)
+    with pytest.raises(ValueError, match="num_layers must be a positive integer, got -1"):
+        MobileViTBlock(8, 8, 16, num_layers=-1)
+    with pytest.raises(TypeError, match="num_layers"):
+        MobileViTBlockV2(8, 8, 16, num_layers=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="in_channels must be a positive integer, got 0"):
+        MobileViTBlockV2(0, 8, 16, num_layers=1)
+    with pytest.raises(ValueError, match=r"multiples of patch_size=2, got shape \(1, 1, 5, 4\)"):
+        unfold_tokens(torch.rand(1, 1, 5, 4), 2)
+    with pytest.raises(ValueError, match=r"got shape \(1, 5, 4\)"):
+        unfold_tokens(torch.rand(1, 5, 4), 2)
+    with pytest.raises(ValueError, match=r"tokens of a 4x4 map with patch_size=2"):
+        fold_tokens(torch.rand(1, 4, 6, 3), 4, 4, 2)

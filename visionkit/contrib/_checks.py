@@ -60,18 +60,18 @@ def check_image(x: Any, channels: int) -> None:
 
 
 def check_same_place(x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Raise unless ``x`` is on ``weight``'s device and, outside :func:`torch.autocast`, of its dtype.
+    """Raise unless ``x`` is on ``weight``'s device and of its dtype, or of a dtype :func:`torch.autocast` casts.
 
     Raises:
         ValueError: the devices differ.
-        TypeError: the dtypes differ and autocast is off.
+        TypeError: the dtypes differ and autocast is off, or the input is float64 (autocast leaves float64 alone).
     """
     if x.device != weight.device:
         raise ValueCheckError(
             f"the input is on {x.device} but the model is on {weight.device}; move one with .to()",
             actual_value=x.device,
         )
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype != weight.dtype and (x.dtype == torch.float64 or not torch.is_autocast_enabled(x.device.type)):
         raise TypeCheckError(
             f"the input has dtype {x.dtype} but the model has dtype {weight.dtype}; convert the input with "
             f"x.to({weight.dtype}) or the model with model.to({x.dtype})",

@@ -18,10 +18,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
+from ._checks import check_positive_int, check_type
 from .attention import LinearAttnFFN, TransformerEncoder
-from .layers import ConvLayer, in_function_transform
+from .layers import ConvLayer, in_function_transform, is_recording
 
 __all__ = ["MobileViTBlock", "MobileViTBlockV2", "fold_patches", "fold_tokens", "unfold_patches", "unfold_tokens"]
 
@@ -35,6 +37,10 @@ def unfold_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     exactly as ``F.unfold(x, p, stride=p)`` would order them. ``H`` and ``W`` must be multiples of ``p``. The
     result is contiguous, so ``.reshape(B * P, N, C)`` gives transformer tokens without another copy.
 
+    Raises:
+        TypeError: ``x`` is not a tensor or ``patch_size`` not an int.
+        ValueError: ``x`` is not 4-D, ``H`` or ``W`` is not a multiple of ``patch_size``, or ``patch_size < 1``.
+
     The channels move last first (a view for a ``channels_last`` input, and a transpose that moves a single axis,
     which ONNX Runtime has a fast kernel for, in an exported graph). The patch pixels then move ahead of the patch
     grid in two transposes that each keep whole rows of channels together. No intermediate tensor is above rank 5.
@@ -47,6 +53,7 @@ def unfold_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:
                 [ 4.,  6., 12., 14.],
                 [ 5.,  7., 13., 15.]])
     """
+    _check_patch_grid(x, patch_size)
     batch, channels, height, width = x.shape
     grid_h, grid_w = height // patch_size, width // patch_size
     x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
@@ -63,11 +70,24 @@ def fold_tokens(x: torch.Tensor, height: int, width: int, patch_size: int) -> to
 
     The result is a ``channels_last`` view (the memory order of a permuted :math:`(B, H, W, C)` tensor).
 
+    Raises:
+        ValueError: the shape of ``x`` does not match ``height``, ``width`` and ``patch_size``.
+
     Example:
         >>> x = torch.rand(2, 3, 8, 6)
         >>> torch.equal(fold_tokens(unfold_tokens(x, 2), 8, 6, 2), x)
         True
     """
+    if not is_recording():
+        check_type("x", x, torch.Tensor)
+        check_positive_int("patch_size", patch_size)
+        if height % patch_size or width % patch_size or x.dim() != 4 or x.shape[1:3] != (
+            patch_size * patch_size, (height // patch_size) * (width // patch_size)
+        ):
+            raise ValueCheckError(
+                f"x must be (B, P, N, C) tokens of a {height}x{width} map with patch_size={patch_size} (P = "
+                f"patch_size ** 2, N = the number of patches), got shape {tuple(x.shape)}"
+            )
     batch, _, _, channels = x.shape
     grid_h, grid_w = height // patch_size, width // patch_size
     x = x.reshape(batch, patch_size * patch_size, grid_h, grid_w * channels).permute(0, 2, 1, 3)
@@ -105,6 +125,26 @@ def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> t
         True
     """
     return fold_tokens(x.permute(0, 2, 3, 1), height, width, patch_size)
+
+
+def _check_block_sizes(in_channels: int, attn_dim: int, ffn_dim: int, num_layers: int, patch_size: int) -> None:
+    for name, value in (
+        ("in_channels", in_channels), ("attn_dim", attn_dim), ("ffn_dim", ffn_dim), ("num_layers", num_layers),
+        ("patch_size", patch_size),
+    ):
+        check_positive_int(name, value)
+
+
+def _check_patch_grid(x: torch.Tensor, patch_size: int) -> None:
+    """Eager-only checks of the patch helpers' arguments (recorded graphs get sizes the blocks already rounded)."""
+    if is_recording():
+        return
+    check_type("x", x, torch.Tensor)
+    check_positive_int("patch_size", patch_size)
+    if x.dim() != 4 or x.shape[-2] % patch_size or x.shape[-1] % patch_size:
+        raise ValueCheckError(
+            f"x must be (B, C, H, W) with H and W multiples of patch_size={patch_size}, got shape {tuple(x.shape)}"
+        )
 
 
 def _always_resize(*sizes: int) -> bool:
@@ -175,6 +215,7 @@ class MobileViTBlock(nn.Module):
         fusion: Fusion = "input",
     ) -> None:
         super().__init__()
+        _check_block_sizes(in_channels, attn_dim, ffn_dim, num_layers, patch_size)
         if fusion not in ("input", "local"):
             raise ValueError(f"fusion must be 'input' or 'local', got {fusion!r}")
         self.patch_size = patch_size
@@ -270,6 +311,8 @@ class MobileViTBlockV2(nn.Module):
         fusion: Fusion = "none",
     ) -> None:
         super().__init__()
+        _check_block_sizes(in_channels, attn_dim, ffn_dim, num_layers, patch_size)
+        check_positive_int("dilation", dilation)
         if fusion not in ("none", "local"):
             raise ValueError(f"fusion must be 'none' or 'local', got {fusion!r}")
         self.patch_size = patch_size

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from kornia.core.exceptions import ValueCheckError
 
-from ._checks import check_choice, check_type
+from ._checks import check_choice, check_positive_int, check_type
 from .layers import make_divisible
 
 __all__ = [
@@ -29,6 +29,23 @@ __all__ = [
 ]
 
 
+#: The fusions each attention kind's block supports.
+_FUSIONS: dict[str, tuple[str, ...]] = {"multi_head": ("input", "local"), "separable": ("none", "local")}
+
+
+def _check_counts(config: object, *names: str) -> None:
+    for name in names:
+        check_positive_int(f"{type(config).__name__}.{name}", getattr(config, name))
+
+
+def _check_positive_number(config: object, name: str) -> None:
+    value = getattr(config, name)
+    label = f"{type(config).__name__}.{name}"
+    check_type(label, value, (int, float))
+    if not 0 < value < math.inf:
+        raise ValueCheckError(f"{label} must be positive and finite, got {value!r}", actual_value=value)
+
+
 @dataclass(frozen=True)
 class ConvStageConfig:
     """A stage of inverted residuals (``layer_1``, ``layer_2``); the first block carries the stride."""
@@ -37,6 +54,10 @@ class ConvStageConfig:
     num_blocks: int
     stride: int
     expand_ratio: float
+
+    def __post_init__(self) -> None:
+        _check_counts(self, "out_channels", "num_blocks", "stride")
+        _check_positive_number(self, "expand_ratio")
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,10 @@ class TransformerStageConfig:
     ffn_dim: int
     num_layers: int
     expand_ratio: float
+
+    def __post_init__(self) -> None:
+        _check_counts(self, "out_channels", "attn_dim", "ffn_dim", "num_layers")
+        _check_positive_number(self, "expand_ratio")
 
 
 @dataclass(frozen=True)
@@ -71,6 +96,13 @@ class BlockConfig:
     dilate_local: bool
     num_heads: int = 4
     patch_size: int = 2
+
+    def __post_init__(self) -> None:
+        check_choice("attention", self.attention, _FUSIONS)
+        check_choice(f"fusion of the {self.attention!r} block", self.fusion, _FUSIONS[self.attention])
+        check_type("local_depthwise", self.local_depthwise, bool)
+        check_type("dilate_local", self.dilate_local, bool)
+        _check_counts(self, "num_heads", "patch_size")
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,19 @@ class BackboneConfig:
     classifier_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_counts(self, "stem_channels")
+        for name, kind in (
+            ("layer_1", ConvStageConfig), ("layer_2", ConvStageConfig), ("layer_3", TransformerStageConfig),
+            ("layer_4", TransformerStageConfig), ("layer_5", TransformerStageConfig), ("block", BlockConfig),
+        ):
+            check_type(name, getattr(self, name), kind)
+        if self.expansion_channels is not None:
+            _check_counts(self, "expansion_channels")
+        for name in ("dropout", "attn_dropout", "ffn_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            check_type(name, value, (int, float))
+            if not 0.0 <= value < 1.0:
+                raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
         # The backbone's feature strides (2, 4, 8, 16, 32), its output_stride dilation and the official key names
         # all assume these two strides, as every official variant has them.
         for name, stride in (("layer_1", 1), ("layer_2", 2)):

@@ -20,6 +20,9 @@ class FeatureExtractor(nn.Module):
     ``backbone.forward_intermediates(x, indices)``, so it composes in ``nn.Sequential`` with heads that take a
     list, such as :class:`~visionkit.contrib.SSDLiteHead`. Only the layers up to the deepest level run.
 
+    The backbone's own ``forward`` is not called, so hooks registered on the backbone module itself do not run
+    (hooks on its layers do), and wrapping a compiled backbone runs it uncompiled: compile the extractor instead.
+
     For the official SSDLite models use ``indices=(3, 4)`` (``layer_4`` at stride 16 and ``layer_5`` at stride
     32) and build the backbone with ``expand_output=False``: ``conv_1x1_exp`` is never used by this module.
 
