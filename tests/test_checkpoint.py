@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 from collections.abc import Callable
 
@@ -838,3 +839,66 @@ def test_key_tables_refuse_unknown_layouts_and_families() -> None:
         head_key_to_official("classifier.weight", "onnx")
     with pytest.raises(ValueError, match="attention must be one of 'multi_head', 'separable'; got 'multihead'"):
         family_of("multihead")
+
+
+class _InterruptingCopy(torch.Tensor):
+    """A checkpoint tensor whose copy into the model is interrupted, as by Ctrl-C."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_:
+            raise KeyboardInterrupt
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_an_interrupted_copy_restores_every_tensor_and_still_interrupts() -> None:
+    source = randomize_(MobileViT(mode="xxs"), calibrate=False)
+    state = convert_state_dict(source, "cvnets")
+    last = list(state)[-2]
+    state[last] = state[last].as_subclass(_InterruptingCopy)
+    model = MobileViT(mode="xxs")
+    before = state_copy(model)
+    with pytest.raises(KeyboardInterrupt):
+        load_checkpoint(model, state)
+    assert_state_equal(model, before)
+
+
+def test_a_corrupt_download_is_not_kept_in_the_cache(tmp_path: pathlib.Path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    src = tmp_path / "mobilevit_xxs.pt"
+    good = (DATA / "v1_xxs_cls.pt").read_bytes()
+    src.write_bytes(good[: len(good) // 3])  # a truncated transfer
+    with pytest.raises(ValueError, match="truncated or corrupt.*downloaded from .* the cached file was removed"):
+        load_checkpoint(MobileViT(mode="xxs"), src.as_uri(), progress=False)
+    assert not any((tmp_path / "hub" / "checkpoints").iterdir())
+    src.write_bytes(good)  # the server is fixed: the next call downloads again instead of reusing the broken copy
+    assert load_checkpoint(MobileViT(mode="xxs"), src.as_uri(), progress=False).complete
+    with pytest.raises(ValueError, match="the cached copy of"):
+        load_checkpoint(MobileViT(mode="xxs"), src.as_uri(), sha256="0" * 64, progress=False)
+
+
+def test_a_failed_save_leaves_the_earlier_file_whole_and_nothing_else(tmp_path: pathlib.Path, monkeypatch) -> None:
+    model = MobileViT(mode="xxs")
+    for name in ("w.pt", "w.safetensors"):
+        path = tmp_path / name
+        save_checkpoint(model, path)
+        saved = path.read_bytes()
+
+        def fail_midway(state, target, *args, **kwargs):
+            pathlib.Path(target).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "save", fail_midway)
+            patch.setattr("safetensors.torch.save_file", fail_midway)
+            with pytest.raises(OSError, match="No space left"):
+                save_checkpoint(MobileViT(mode="xxs"), path)
+        assert path.read_bytes() == saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt", "w.safetensors"]
+    assert oct(os.stat(tmp_path / "w.pt").st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0o600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -42,6 +42,7 @@ from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
 from ._checks import check_choice, check_output_folder, check_type
+from ._files import replaced_on_success
 from .backbone import MobileViTBackbone
 from .key_maps import HF_BACKBONE_PREFIX, ForeignKey, family_of, head_key_to_official, official_to_layout
 
@@ -160,14 +161,16 @@ def _download(url: str, sha256: Optional[str], progress: bool) -> str:
     name = os.path.basename(urllib.parse.urlparse(url).path) or "checkpoint"
     # Released files share base names (e.g. the 256 and 384 MobileViTv2 files), so the URL hash is part of the name.
     path = os.path.join(cache, f"{hashlib.sha256(url.encode()).hexdigest()[:10]}-{name}")
-    if not os.path.exists(path):
+    cached = os.path.exists(path)
+    if not cached:
         torch.hub.download_url_to_file(url, path, hash_prefix=None, progress=progress)
     if sha256 is not None:
         try:
             _check_file_sha256(path, sha256)
         except ValueError as error:
             os.remove(path)
-            raise ValueError(f"{error} (downloaded from {url}); the cached file was removed") from None
+            origin = "the cached copy of" if cached else "downloaded from"
+            raise ValueError(f"{error} ({origin} {url}); the cached file was removed") from None
     return path
 
 
@@ -272,7 +275,13 @@ def read_checkpoint(
     location = os.fspath(checkpoint)
     if _is_url(location):
         path = _download(location, sha256, progress)
+        try:
+            contents = _read_file(path)
+        except ValueError as error:
+            os.remove(path)  # a truncated download or an error page would otherwise be reused on every call
+            raise ValueError(f"{error}; it was downloaded from {location} and the cached file was removed") from None
         notes.append(f"read {location} (cached at {path})")
+        return _unwrap(contents, notes)
     else:
         path = location
         if os.path.isdir(path):
@@ -735,10 +744,12 @@ def load_checkpoint(
         with torch.no_grad():
             for key, tensor in plan.tensors.items():
                 own[key].copy_(tensor)
-    except Exception as err:
+    except BaseException as err:  # Ctrl-C included: the model is never left half-loaded
         with torch.no_grad():
             for key, value in snapshot.items():
                 own[key].copy_(value)
+        if not isinstance(err, Exception):
+            raise
         raise RuntimeError(f"copying the checkpoint into the model failed; the model was restored: {err}") from err
     return LoadReport(
         source=source,
@@ -821,12 +832,13 @@ def save_checkpoint(model: nn.Module, path: Union[str, os.PathLike[str]], layout
     location = os.fspath(path)
     check_output_folder(location)
     state = convert_state_dict(model, layout)
-    if location.endswith(".safetensors"):
-        from safetensors.torch import save_file
+    with replaced_on_success(location) as partial:  # a failed save leaves an earlier file whole
+        if location.endswith(".safetensors"):
+            from safetensors.torch import save_file
 
-        save_file(state, location)
-    else:
-        torch.save(state, location)
+            save_file(state, partial)
+        else:
+            torch.save(state, partial)
     return len(state)
 
 
