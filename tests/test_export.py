@@ -253,3 +253,33 @@ def test_exports_take_the_channels_of_a_wrapped_backbone_and_name_every_output(t
         expected = detector(x)
     for got, want in zip(session.run(None, {"images": x.numpy()}), expected):
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_failed_writes_leave_an_earlier_export_whole_and_exports_leave_the_random_state_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = MobileViT(mode="xxs").eval()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"an earlier export")
+
+    class _Program:  # what torch.onnx.export returns, failing at its write as on a full disk
+        def save(self, target: str) -> None:
+            Path(target).write_bytes(b"partial")
+            raise OSError(28, "No space left on device")
+
+    def fail_package(program, package_path: str, **kwargs):
+        Path(package_path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: _Program())
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fail_package)
+    state = torch.get_rng_state()
+    with pytest.raises(OSError, match="No space left"):
+        export_onnx(model, path, input_size=(64, 64))
+    assert torch.equal(torch.get_rng_state(), state)  # the example input comes from a generator of its own
+    package = tmp_path / "m.pt2"
+    package.write_bytes(b"an earlier package")
+    with pytest.raises(OSError, match="No space left"):
+        export_aoti_package(model, package, input_size=(64, 64))
+    assert path.read_bytes() == b"an earlier export" and package.read_bytes() == b"an earlier package"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt2"]

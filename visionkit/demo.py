@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from .contrib._checks import check_positive_int, check_type
+from .contrib._files import replaced_on_success
 from .contrib.heads import ClassificationHead
 from .contrib.variants import VARIANTS, build_variant
 from .training import (
@@ -356,20 +357,21 @@ def run_demo(
             accuracy = (predicted == test_labels).double().mean().item()
             output.mkdir(parents=True, exist_ok=True)
             checkpoint_path = output / CHECKPOINT_NAME
-            torch.save(
-                {
-                    "format": "visionkit-demo-1",
-                    "variant": variant,
-                    "num_classes": NUM_CLASSES,
-                    "image_size": image_size,
-                    "seed": seed,
-                    "epochs": epochs,
-                    "test_accuracy": accuracy,
-                    "history": history,
-                    "state_dict": {k: v.detach().cpu() for k, v in trained_model.state_dict().items()},
-                },
-                checkpoint_path,
-            )
+            with replaced_on_success(checkpoint_path) as partial:  # an earlier checkpoint stays whole on failure
+                torch.save(
+                    {
+                        "format": "visionkit-demo-1",
+                        "variant": variant,
+                        "num_classes": NUM_CLASSES,
+                        "image_size": image_size,
+                        "seed": seed,
+                        "epochs": epochs,
+                        "test_accuracy": accuracy,
+                        "history": history,
+                        "state_dict": {k: v.detach().cpu() for k, v in trained_model.state_dict().items()},
+                    },
+                    partial,
+                )
             _plot_curves(history, output / CURVES_NAME)
             _plot_predictions(test_images, test_labels, predicted, output / PREDICTIONS_NAME)
             reloaded, _ = load_checkpoint(checkpoint_path)

@@ -26,6 +26,7 @@ import torch._inductor
 from torch import nn
 
 from ._checks import check_choice, check_output_folder, check_positive_int, check_type
+from ._files import replaced_on_success
 
 __all__ = [
     "AOTIPackage",
@@ -59,7 +60,9 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    return torch.rand(batch, channels, *input_size, device=device, dtype=dtype)
+    # a private generator: exporting leaves the global random state (dropout masks, data order) alone
+    generator = torch.Generator(device=device).manual_seed(0)
+    return torch.rand(batch, channels, *input_size, device=device, dtype=dtype, generator=generator)
 
 
 @contextlib.contextmanager
@@ -200,7 +203,8 @@ def export_onnx(
             optimize=True,
             verbose=False,
         )
-    onnx_program.save(path)
+    with replaced_on_success(path) as partial:  # a failed write leaves an earlier export whole
+        onnx_program.save(partial)
     return path
 
 
@@ -265,10 +269,11 @@ def export_aoti_package(
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        written = torch._inductor.aoti_compile_and_package(
-            program, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
-        )
-    return os.fspath(written)
+        with replaced_on_success(path) as partial:  # a failed write leaves an earlier package whole
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=partial, inductor_configs={"aot_inductor.metadata": metadata}
+            )
+    return os.fspath(path)
 
 
 class AOTIPackage:
