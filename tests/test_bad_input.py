@@ -302,3 +302,39 @@ def test_blocks_and_patch_helpers_check_their_arguments() -> None:
         unfold_tokens(torch.rand(1, 5, 4), 2)
     with pytest.raises(ValueError, match=r"tokens of a 4x4 map with patch_size=2"):
         fold_tokens(torch.rand(1, 4, 6, 3), 4, 4, 2)
+
+
+def test_a_batch_of_one_that_batchnorm_cannot_train_on_changes_no_statistics() -> None:
+    from visionkit.contrib import DeepLabV3Head, FeatureExtractor, SegmentationModel, SSDLite, SSDLiteHead
+
+    models = {
+        "v1 backbone": MobileViT(mode="xxs"),
+        "v2 backbone": MobileViTv2(0.5),
+        "segmenter": SegmentationModel(MobileViT(mode="xxs", output_stride=16, expand_output=False),
+                                       DeepLabV3Head(80, 21)),
+        "detector": SSDLite(FeatureExtractor(MobileViTv2(0.5), indices=(3, 4)),
+                            SSDLiteHead((192, 256), num_classes=3)),
+    }
+    for name, model in models.items():
+        model.train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        # 1x1 maps: the backbones' layer_5 at 32x32, the segmenter's pooling branch at any size, and the detector's
+        # first extra level at 64x64 (after its backbone ran and updated its own statistics)
+        size = {"segmenter": 64, "detector": 64}.get(name, 32)
+        with pytest.raises(ValueError, match="batch of at least 2"):
+            model(torch.rand(1, 3, size, size))
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before), name
+    with pytest.raises(ValueError, match="needs a batch of at least 2: its image-pooling branch"):
+        DeepLabV3Head(80, 21).train()(torch.rand(1, 80, 8, 8))
+    models["v1 backbone"](torch.rand(2, 3, 32, 32))  # two values per channel are enough
+
+
+def test_reset_parameters_and_fuse_handle_unusual_norms_and_frozen_layers() -> None:
+    model = MobileViTv2(0.5)
+    model.layer_5[1].global_rep[-1] = torch.nn.GroupNorm(1, 128, affine=False)
+    model.reset_parameters()  # used to fail halfway on the missing weight
+    frozen = MobileViT(mode="xxs").eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    frozen.fuse()
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in frozen.parameters() if p.dim() == 4)

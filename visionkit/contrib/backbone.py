@@ -34,7 +34,15 @@ from .configs import (
     mobilevit_v3_config,
 )
 from .deploy import fuse_batchnorm
-from .layers import ConvLayer, InvertedResidual, _runs_unobserved, in_function_transform, is_recording
+from .layers import (
+    ConvLayer,
+    InvertedResidual,
+    _batchnorm_buffers,
+    _runs_unobserved,
+    batchnorm_statistics_restored_on_error,
+    in_function_transform,
+    is_recording,
+)
 
 __all__ = ["FeatureInfo", "MobileViT", "MobileViTBackbone", "MobileViTv2", "MobileViTv3"]
 
@@ -252,8 +260,10 @@ class MobileViTBackbone(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
                 # _BatchNorm: SyncBatchNorm (after convert_sync_batchnorm) is not a BatchNorm2d
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.weight is not None:  # affine=False / elementwise_affine=False norms have none
+                    nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.reset_running_stats()
 
@@ -368,11 +378,12 @@ class MobileViTBackbone(nn.Module):
         self._check_input(x)
         wanted = self._level_indices(indices)
         maps: dict[int, torch.Tensor] = {}
-        x = self.conv_1(self._to_working_layout(x))
-        for level, stage in enumerate(self.stages[: max(wanted) + 1]):
-            x = self._run_stage(stage, x)
-            if level in wanted:
-                maps[level] = self._to_output_layout(x)
+        with batchnorm_statistics_restored_on_error(self, x):
+            x = self.conv_1(self._to_working_layout(x))
+            for level, stage in enumerate(self.stages[: max(wanted) + 1]):
+                x = self._run_stage(stage, x)
+                if level in wanted:
+                    maps[level] = self._to_output_layout(x)
         return [maps[i] for i in wanted]
 
     def fuse(self) -> "MobileViTBackbone":
@@ -409,10 +420,11 @@ class MobileViTBackbone(nn.Module):
                 or (in training mode) a BatchNorm sees a single value per channel (batch 1 and a 1x1 map).
         """
         self._check_input(x)
-        x = self.conv_1(self._to_working_layout(x))
-        for stage in self.stages:
-            x = self._run_stage(stage, x)
-        return self._to_output_layout(self.conv_1x1_exp(x))
+        with batchnorm_statistics_restored_on_error(self, x):
+            x = self.conv_1(self._to_working_layout(x))
+            for stage in self.stages:
+                x = self._run_stage(stage, x)
+            return self._to_output_layout(self.conv_1x1_exp(x))
 
 
 def _with_dropouts(

@@ -77,6 +77,11 @@ def fold_conv_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     )
     fused.weight.copy_(weight * scale.reshape(-1, 1, 1, 1))
     fused.bias.copy_((bias - norm.running_mean.double()) * scale + beta)
+    # A frozen layer stays frozen, and a channels-last weight stays channels-last.
+    fused.weight.requires_grad_(conv.weight.requires_grad)
+    fused.bias.requires_grad_(conv.weight.requires_grad)
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        fused.weight.data = fused.weight.data.contiguous(memory_format=torch.channels_last)
     return fused
 
 

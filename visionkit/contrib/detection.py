@@ -27,7 +27,7 @@ from ._checks import check_image, check_positive_int, check_type
 from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
 from .boxes import SSDLitePostProcess
 from .features import FeatureExtractor
-from .layers import ConvLayer
+from .layers import ConvLayer, batchnorm_statistics_restored_on_error
 
 __all__ = ["SSD_PROJ_CHANNELS", "SSDLite", "SSDLiteHead", "SeparableConv"]
 
@@ -272,7 +272,9 @@ class SSDLiteHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Return raw ``(offsets, logits)`` for the two input maps (see the class docstring)."""
-        return self.predict(self.pyramid(features))
+        first = features[0] if isinstance(features, (list, tuple)) and features else None
+        with batchnorm_statistics_restored_on_error(self, first):  # type: ignore[arg-type]
+            return self.predict(self.pyramid(features))
 
     @staticmethod
     def feature_sizes(features: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
@@ -401,9 +403,10 @@ class SSDLite(nn.Module):
         Anchors are normalised ``(cx, cy, w, h)``, float32 when the model runs in float16 or bfloat16; :func:`~visionkit.contrib.decode_ssd_boxes` turns offsets and
         anchors into normalised ``xyxy`` boxes.
         """
-        features = self.features(images)
-        levels = self.head.pyramid(features)
-        offsets, logits = self.head.predict(levels)
+        with batchnorm_statistics_restored_on_error(self, images):
+            features = self.features(images)
+            levels = self.head.pyramid(features)
+            offsets, logits = self.head.predict(levels)
         sizes = [(int(level.shape[-2]), int(level.shape[-1])) for level in levels]
         # at least float32: in bfloat16 the anchors alone would be off by up to 1.6e-3 of the image
         dtype = torch.promote_types(offsets.dtype, torch.float32)

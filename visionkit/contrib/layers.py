@@ -6,8 +6,10 @@ Module and attribute names mirror the official apple/ml-cvnets tree (``block.con
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Callable, Optional
 
 import torch
@@ -65,6 +67,49 @@ def is_recording() -> bool:
 def in_function_transform() -> bool:
     """Whether ``torch.func`` (``vmap``, ``grad``, ``jvp``, ...) or ``torch.autograd.forward_ad`` runs the forward."""
     return torch._C._functorch.peek_interpreter_stack() is not None or forward_ad._current_level >= 0
+
+
+def _batchnorm_buffers(module: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each running-statistics buffer of the training-mode BatchNorms in ``module``, with a copy of its value."""
+    return [
+        (buffer, buffer.clone())
+        for norm in module.modules()
+        if isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training
+        for buffer in (norm.running_mean, norm.running_var, norm.num_batches_tracked)
+        if buffer is not None
+    ]
+
+
+_SINGLE_VALUE_MESSAGE = "Expected more than 1 value per channel when training"
+
+
+@contextlib.contextmanager
+def batchnorm_statistics_restored_on_error(module: nn.Module, x: torch.Tensor) -> Iterator[None]:
+    """Run a training forward of ``module`` on a batch of one so that a failure leaves the statistics as they were.
+
+    In training mode a BatchNorm that sees one value per channel (batch 1 and a 1x1 map somewhere in the network)
+    raises only after every BatchNorm before it has updated its running statistics. For batches of one (the only
+    ones where that can happen) the statistics are copied first and put back when the forward raises, and
+    PyTorch's message gets the input size and what to do. Other batches, eval mode and recorded graphs run as they
+    are.
+    """
+    if not module.training or not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] != 1 or is_recording():
+        yield
+        return
+    saved = _batchnorm_buffers(module)
+    try:
+        yield
+    except BaseException as error:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+        if isinstance(error, ValueError) and str(error).startswith(_SINGLE_VALUE_MESSAGE):
+            raise ValueError(
+                f"in training mode every BatchNorm needs more than one value per channel, but with a batch of 1 "
+                f"and input {tuple(x.shape)} a map in {type(module).__name__} is 1x1 ({error}); train with a batch "
+                "of at least 2 or a larger input, or call .eval(). The running statistics were left as they were."
+            ) from error
+        raise
 
 
 class _BatchNormSiLU(torch.autograd.Function):

@@ -35,7 +35,7 @@ from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
 from ._checks import check_image, check_positive_int, check_same_place, check_type
-from .layers import ConvLayer
+from .layers import ConvLayer, batchnorm_statistics_restored_on_error, is_recording
 
 __all__ = ["ASPP", "ASPPPooling", "DeepLabV3Head", "SegmentationModel"]
 
@@ -230,6 +230,13 @@ class DeepLabV3Head(nn.Module):
         """
         check_image(x, self.in_channels)
         check_same_place(x, self.classifier.block.conv.weight)
+        if self.training and x.shape[0] == 1 and not is_recording():
+            # checked first: the pooling branch fails only after the other branches updated their statistics
+            raise ValueCheckError(
+                "in training mode DeepLabV3Head needs a batch of at least 2: its image-pooling branch normalises a "
+                "1x1 map, where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval())",
+                actual_value=tuple(x.shape),
+            )
         logits = self.classifier(self.classifier_dropout(self.aspp(x)))
         if self.output_size is not None:
             return F.interpolate(logits, size=self.output_size, mode="bilinear", align_corners=self.align_corners)
@@ -314,7 +321,8 @@ class SegmentationModel(nn.Module):
         self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.head(self.backbone(x))
+        with batchnorm_statistics_restored_on_error(self, x):  # the head's batch check comes after the backbone
+            logits = self.head(self.backbone(x))
         if logits.shape[-2:] == x.shape[-2:]:
             return logits
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
