@@ -358,3 +358,15 @@ def test_demo_checkpoint_errors_are_value_errors(tmp_path):
         load_checkpoint(tmp_path / "partial.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_wrap_model_leaves_the_model_unchanged_when_it_fails():
+    model = MobileViT("xxs").requires_grad_(False)
+    before = {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()}
+    with pytest.raises(ValueError, match="at least one parameter with requires_grad=True"):
+        wrap_model(model, DistributedContext(rank=0, world_size=2))
+    assert {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()} == before
+    model.requires_grad_(True)  # DistributedDataParallel itself now fails (no process group), after the layout change
+    with pytest.raises(ValueError, match="process group"):
+        wrap_model(model, DistributedContext(rank=0, world_size=2))
+    assert {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()} == before

@@ -194,7 +194,7 @@ def wrap_model(
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: ``sync_batchnorm`` is asked for on CPU with a process group (PyTorch's SyncBatchNorm then
-            fails at the first training batch).
+            fails at the first training batch), or no parameter requires a gradient in a distributed run.
     """
     check_type("model", model, nn.Module)
     check_type("context", context, DistributedContext)
@@ -206,17 +206,26 @@ def wrap_model(
             "sync_batchnorm=True needs GPUs: PyTorch's SyncBatchNorm does not run on CPU tensors; "
             "train without it on CPU (each process then normalises its own share of the batch)"
         )
+    if context.is_distributed and not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("DistributedDataParallel needs at least one parameter with requires_grad=True; none has")
     if sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(context.device)
-    if not context.is_distributed:
-        return model
-    if find_unused_parameters is None:
-        find_unused_parameters = _leaves_parameters_unused(model)
-    device_ids = [context.device.index] if context.device.type == "cuda" else None
-    if context.device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    # what .to() below replaces, so that a failure leaves the caller's tensors where and how they were
+    originals = [(t, t.data) for t in (*model.parameters(), *model.buffers())]
+    try:
+        model = model.to(context.device)
+        if not context.is_distributed:
+            return model
+        if find_unused_parameters is None:
+            find_unused_parameters = _leaves_parameters_unused(model)
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        if context.device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+    except BaseException:
+        for tensor, data in originals:
+            tensor.data = data
+        raise
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
