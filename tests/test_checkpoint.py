@@ -902,3 +902,29 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_fused_model_saves_in_its_own_layout_only_and_loads_back(tmp_path: pathlib.Path) -> None:
+    fused = randomize_(MobileViT(mode="xxs")).eval().fuse()
+    for layout in ("cvnets", "timm", "hf"):
+        with pytest.raises(ValueError, match=f"this model was fused .* the official {layout} layout cannot hold"):
+            save_checkpoint(fused, tmp_path / "fused.pt", layout)
+    assert not (tmp_path / "fused.pt").exists()
+    save_checkpoint(fused, tmp_path / "fused.pt", "visionkit")
+    again = MobileViT(mode="xxs").eval().fuse()
+    assert load_checkpoint(again, tmp_path / "fused.pt").complete
+    assert_state_equal(again, state_copy(fused))
+    with pytest.raises(ValueError, match=r"comes from a fused model .* call fuse\(\) on the model"):
+        load_checkpoint(MobileViT(mode="xxs"), tmp_path / "fused.pt")
+    save_checkpoint(MobileViT(mode="xxs"), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match=r"the model was fused .* load the checkpoint before calling fuse\(\)"):
+        load_checkpoint(MobileViT(mode="xxs").eval().fuse(), tmp_path / "plain.pt")
+
+
+def test_failure_messages_name_the_convert_options_that_fix_a_head_mismatch(tmp_path: pathlib.Path) -> None:
+    save_checkpoint(classifier(MobileViT(mode="xxs"), 10), tmp_path / "ten.pt")
+    with pytest.raises(ValueError, match=r"classifier has 10 classes.*--num-classes 10"):
+        load_checkpoint(classifier(MobileViT(mode="xxs")), tmp_path / "ten.pt")
+    save_checkpoint(MobileViT(mode="xxs"), tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match=r"no weights for the model's head.*--num-classes 0"):
+        load_checkpoint(classifier(MobileViT(mode="xxs")), tmp_path / "bare.pt")

@@ -492,6 +492,12 @@ def _complete_backbone_keys(backbone: MobileViTBackbone) -> list[str]:
     return list(complete.state_dict())
 
 
+def _folded_keys(backbone: MobileViTBackbone) -> list[str]:
+    """Keys ``backbone`` has and its unfused configuration lacks: the biases a BatchNorm fold added."""
+    complete = set(_complete_backbone_keys(backbone))
+    return [key for key in backbone.state_dict() if key not in complete]
+
+
 def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: list[str]) -> _Plan:
     plan = _Plan()
     family = target.family
@@ -499,7 +505,8 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
     forward = _layout_keys(backbone_keys, layout, family)
     # Keys of the complete backbone of this configuration: those the model lacks (conv_1x1_exp when built with
     # expand_output=False, or stages a feature extractor pruned) are recognised and skipped, not "unexpected".
-    full_keys = _complete_backbone_keys(target.backbone)
+    # A fused backbone has convolution biases the complete unfused one lacks; its own keys count as complete too.
+    full_keys = list(dict.fromkeys([*_complete_backbone_keys(target.backbone), *backbone_keys]))
     present = set(backbone_keys)
     absent = {k for k in full_keys if k not in present}
     inverse = {f.key: (official, f) for official, fs in _layout_keys(full_keys, layout, family).items() for f in fs}
@@ -629,6 +636,17 @@ def _check_shapes(target: _Target, plan: _Plan) -> None:
             del plan.tensors[key]
 
 
+def _classifier_classes(target: _Target, plan: _Plan) -> Optional[int]:
+    """The checkpoint's class count when what does not fit is a classifier of another size, else ``None``."""
+    from .heads import ClassificationHead
+
+    for key, _, have in plan.mismatched:
+        for name, head in target.heads:
+            if isinstance(head, ClassificationHead) and _within(key, name) and key.endswith("fc.weight"):
+                return int(have[0])
+    return None
+
+
 def _failure_message(target: _Target, plan: _Plan, source: str, state: StateDict) -> str:
     lines = [f"the checkpoint ({source} layout) does not fit {target.backbone.config.name}"
              + (f" with heads {[type(h).__name__ for _, h in target.heads]}" if target.heads else "")]
@@ -658,14 +676,38 @@ def _failure_message(target: _Target, plan: _Plan, source: str, state: StateDict
                 f"the model's stem takes {want[1]} input channels, the checkpoint's {have[1]}: build with "
                 f"in_channels={have[1]}, or load with strict=False and initialise the stem yourself"
             )
+    folded = set(_folded_keys(target.backbone))
+    if any(key.removeprefix(target.backbone_prefix) in folded for key in plan.missing):
+        lines.append(
+            "the model was fused (its convolutions have biases an unfused checkpoint lacks): load the checkpoint "
+            "before calling fuse()"
+        )
+    if any(k.endswith(".block.conv.bias") for k in plan.unexpected) and any(
+        k.endswith(".block.norm.weight") for k in plan.missing
+    ):
+        lines.append("the checkpoint comes from a fused model (BatchNorms folded into biases): call fuse() on the "
+                     "model (in eval mode) before loading it")
+    classes = _classifier_classes(target, plan)
+    if classes is not None:
+        lines.append(
+            f"the checkpoint's classifier has {classes} classes: build the head with that many "
+            f"(visionkit convert: --num-classes {classes})"
+        )
+    elif target.heads and plan.missing and not plan.mismatched and all(
+        any(_within(key, name) for name, _ in target.heads) for key in plan.missing
+    ):
+        lines.append(
+            "the checkpoint has no weights for the model's head: load it into the backbone alone "
+            "(visionkit convert: --num-classes 0)"
+        )
     if plan.missing and all("conv_1x1_exp." in k for k in plan.missing):
         lines.append(
             "official detection/segmentation backbones have no conv_1x1_exp: build with expand_output=False "
             "(visionkit convert: --no-expand)"
         )
     lines.append(
-        "pass strict=False to load what fits anyway (the report lists what was left out; visionkit convert is always "
-        "strict)"
+        "pass strict=False to load what fits anyway (the report lists what was left out; visionkit convert and "
+        "visionkit export --weights are always strict)"
     )
     return "\n  ".join(lines)
 
@@ -791,6 +833,13 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
     own = model.state_dict()
     if layout == "visionkit":  # contiguous: safetensors refuses e.g. the weights of a channels_last model
         return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in own.items()}
+    folded = _folded_keys(target.backbone)
+    if folded:
+        raise ValueCheckError(
+            f"this model was fused (fuse() / fuse_batchnorm): its BatchNorms live in convolution biases such as "
+            f"{folded[0]!r}, which the official {layout} layout cannot hold; save it with layout='visionkit' "
+            "(visionkit loads that back into a fused model), or save the model before fusing"
+        )
     official = _official_keys(target)
     encoder = layout == "cvnets" and any(
         not set(h.cvnets_prefixes) <= {"classifier."} for _, h in target.heads
