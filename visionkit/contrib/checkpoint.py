@@ -163,7 +163,10 @@ def _download(url: str, sha256: Optional[str], progress: bool) -> str:
     path = os.path.join(cache, f"{hashlib.sha256(url.encode()).hexdigest()[:10]}-{name}")
     cached = os.path.exists(path)
     if not cached:
-        torch.hub.download_url_to_file(url, path, hash_prefix=None, progress=progress)
+        try:
+            torch.hub.download_url_to_file(url, path, hash_prefix=None, progress=progress)
+        except OSError as error:  # URLError and HTTPError are OSErrors; their messages do not name the URL
+            raise OSError(f"could not download {url}: {error}") from error
     if sha256 is not None:
         try:
             _check_file_sha256(path, sha256)
@@ -191,6 +194,10 @@ def _read_file(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "unsupported operand" in str(err).lower():  # the bytes are no pickle at all (an image, an .onnx file)
+            raise ValueError(
+                f"{path!r} is not a PyTorch or safetensors checkpoint (its bytes are no pickle: {err})"
+            ) from err
         if "weights only load failed" in str(err).lower():
             raise ValueError(
                 f"refused to load {path!r}: it contains pickled Python objects beyond tensors and plain containers, "
@@ -244,7 +251,10 @@ def read_checkpoint(
     Args:
         checkpoint: a path (``.pt``, ``.pth``, ``.bin``, ``.safetensors``, or a Hugging Face ``save_pretrained``
             folder holding ``model.safetensors`` or ``pytorch_model.bin``), an ``http(s)://`` or ``file://`` URL
-            (downloaded once into ``torch.hub.get_dir()/checkpoints`` with a progress bar), or an in-memory dict.
+            (downloaded once into ``torch.hub.get_dir()/checkpoints`` with a progress bar, and from then on read
+            from there, as ``torch.hub`` does: the cache is keyed by the URL, so a file that changes behind the
+            same URL is not read again until its cached copy is deleted; give a path for files that change), or
+            an in-memory dict.
         sha256: expected SHA-256 of the file, downloaded or local (checked on every use when given).
         progress: show a progress bar while downloading.
         notes: if given, a list that receives what was unwrapped or stripped.
@@ -818,8 +828,9 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
 
     Raises:
         TypeError: ``model`` holds no MobileViT backbone.
-        ValueError: unknown layout, or a head that has no key in that layout (timm has no segmentation head,
-            neither timm nor Hugging Face a detection head).
+        ValueError: unknown layout, a head that has no key in that layout (timm has no segmentation head,
+            neither timm nor Hugging Face a detection head), a MobileViTv3 model in the timm or hf layout (neither
+            library has v3), or a fused model in an official layout.
 
     Example:
         >>> from visionkit.contrib import MobileViT
@@ -833,6 +844,12 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
     own = model.state_dict()
     if layout == "visionkit":  # contiguous: safetensors refuses e.g. the weights of a channels_last model
         return {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in own.items()}
+    if layout in ("timm", "hf") and target.backbone.config.block.fusion == "local":
+        raise ValueCheckError(
+            f"{'timm' if layout == 'timm' else 'Hugging Face transformers'} has no MobileViTv3 (its fusion layers "
+            f"have other shapes than v1/v2's), so a {layout} file of {target.backbone.config.name} would load "
+            "nowhere; use layout 'cvnets' or 'visionkit'"
+        )
     folded = _folded_keys(target.backbone)
     if folded:
         raise ValueCheckError(
