@@ -62,3 +62,27 @@ def test_convert_refuses_a_folder_as_destination_and_negative_classes(
               "--num-classes", "-5"])
     assert exit_info.value.code == 2
     assert "--num-classes: must be 0 (backbone only) or a positive number of classes, got -5" in capsys.readouterr().err
+
+
+def test_weights_details_show_licence_url_and_notes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["weights", "--variant", "mobilevitv3_xxs", "--details"]) == 0
+    printed = capsys.readouterr().out
+    assert "licence: Micron Technology software license agreement: personal, non-commercial use only" in printed
+    assert "url: https://github.com/micronDLA/MobileViTv3/releases/tag/v1.0.0 (download by hand" in printed
+    assert "notes: published as a folder per model" in printed
+
+
+def test_convert_takes_in_channels_and_names_files_that_are_no_checkpoint(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visionkit.contrib import MobileViT, save_checkpoint
+
+    gray = tmp_path / "gray.pt"
+    save_checkpoint(MobileViT(mode="xxs", in_channels=1), gray)
+    args = ["convert", str(gray), str(tmp_path / "gray_timm.pt"), "--variant", "mobilevit_xxs", "--num-classes", "0"]
+    assert main([*args, "--in-channels", "1", "--to", "timm"]) == 0
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert main(["convert", str(picture), str(tmp_path / "x.pt"), "--variant", "mobilevit_xxs"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a PyTorch or safetensors checkpoint" in err and "could run code" not in err
