@@ -223,7 +223,9 @@ def test_cli_reads_an_official_classification_file_and_refuses_another_variant(
     out = tmp_path / "xxs.onnx"
     argv = ["export", "mobilevit_xxs", "--format", "onnx", "-o", str(out), "--size", "64", "64"]
     assert main([*argv, "--weights", str(official)]) == 0
-    assert "cvnets layout" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    # the whole report: the classifier the exported backbone leaves out is named, not dropped silently
+    assert "source: cvnets" in printed and "loaded 309 tensors" in printed and "skipped 2 (head weights" in printed
     blob = torch.load(official, weights_only=True)
     model = MobileViT("xxs").eval()
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items() if not k.startswith("classifier.")})
@@ -283,3 +285,22 @@ def test_failed_writes_leave_an_earlier_export_whole_and_exports_leave_the_rando
         export_aoti_package(model, package, input_size=(64, 64))
     assert path.read_bytes() == b"an earlier export" and package.read_bytes() == b"an earlier package"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt2"]
+
+
+def test_cli_infers_pt2_from_the_output_name_refuses_unknown_opsets_and_takes_in_channels(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx
+
+    from visionkit.contrib import export as export_module
+
+    newest = onnx.defs.onnx_opset_version()
+    argv = ["export", "mobilevit_xxs", "-o", str(tmp_path / "m.onnx"), "--size", "64", "64"]
+    assert main([*argv, "--opset", str(newest + 1)]) == 2
+    assert f"opset must be from 17 to {newest}" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
+    calls = []
+    monkeypatch.setattr(export_module, "export_aoti_package",
+                        lambda model, path, **kwargs: calls.append((model.in_channels, path)) or str(path))
+    assert main(["export", "mobilevit_xxs", "-o", str(tmp_path / "m.pt2"), "--in-channels", "1"]) == 0
+    assert calls == [(1, str(tmp_path / "m.pt2"))]  # an AOTInductor package, not an ONNX file named .pt2

@@ -165,7 +165,7 @@ def export_onnx(
     Args:
         model: the model (a backbone, or a backbone with a head).
         path: file to write.
-        opset: ONNX opset version, 17 or later.
+        opset: ONNX opset version, from 17 to the newest the installed onnx package knows.
         dynamic: symbolic batch, height and width (from :data:`MIN_DYNAMIC_SIZE` up); otherwise the graph is
             fixed to ``batch_size`` and ``input_size``.
         input_size: ``(height, width)`` to trace at (the fixed size when not ``dynamic``).
@@ -176,16 +176,22 @@ def export_onnx(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``opset`` below 17, an invalid ``input_size``, or ``dynamic`` with a detection head
-            (:class:`~visionkit.contrib.SSDLiteHead` exports with fixed height and width only).
+        ValueError: ``opset`` below 17 or above the installed onnx's newest, an invalid ``input_size``, or
+            ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead` exports with fixed height
+            and width only).
         FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)
     check_type("path", path, (str, os.PathLike))
     check_type("opset", opset, int)
     check_type("dynamic", dynamic, bool)
-    if opset < 17:
-        raise ValueError(f"opset must be 17 or later (LayerNormalization, GroupNorm as ops), got {opset}")
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not 17 <= opset <= newest:
+        # 17: LayerNormalization and GroupNorm as ops; above the installed onnx's newest the exporter writes a
+        # graph that claims an older opset but holds newer operators
+        raise ValueError(f"opset must be from 17 to {newest} (the newest the installed onnx knows), got {opset}")
     check_positive_int("batch_size", batch_size)
     path = os.fspath(path)
     check_output_folder(path)  # before exporting, which takes seconds to minutes
@@ -370,12 +376,16 @@ def register(subparsers: Any) -> None:
         "or compile it ahead of time into an AOTInductor package (--format pt2, fixed height and width).",
     )
     parser.add_argument("model", help="variant short name, e.g. mobilevit_xxs or mobilevitv2_050")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "pt2"), help="output format (default: onnx)")
+    parser.add_argument("--format", default=None, choices=("onnx", "pt2"),
+                        help="output format (default: pt2 for an output ending in .pt2, onnx otherwise)")
     parser.add_argument("-o", "--output", required=True, help="file to write")
     parser.add_argument("--dynamic", action="store_true", help="onnx: symbolic batch, height and width")
     parser.add_argument("--dynamic-batch", action="store_true", help="pt2: symbolic batch (height and width fixed)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, at least 17)")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="trace size")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                        help="trace size (default: 256 256)")
+    parser.add_argument("--in-channels", type=int, default=3,
+                        help="input channels of the backbone, e.g. 1 for grayscale (default: 3)")
     parser.add_argument(
         "--weights", default=None,
         help="checkpoint to load into the backbone first (any layout load_checkpoint reads; strict)",
@@ -388,16 +398,18 @@ def _run(args: argparse.Namespace) -> int:
     from .variants import VARIANTS, build_variant
 
     check_choice("model", args.model, [v.name for v in VARIANTS])
+    if args.format is None:
+        args.format = "pt2" if os.fspath(args.output).endswith(".pt2") else "onnx"
     if args.format == "pt2" and args.dynamic:
         raise ValueError("--dynamic (symbolic height and width) is for --format onnx; pt2 takes --dynamic-batch")
     if args.format == "onnx" and args.dynamic_batch:
         raise ValueError("--dynamic-batch is for --format pt2; onnx takes --dynamic (batch, height and width)")
-    model = build_variant(args.model).eval()
+    model = build_variant(args.model, in_channels=args.in_channels).eval()
     if args.weights is not None:
         from .checkpoint import load_checkpoint
 
         report = load_checkpoint(model, args.weights, progress=False)
-        print(f"loaded {len(report.loaded)} tensors from {args.weights} ({report.source} layout)")
+        print(report)  # what was loaded, and what (a classifier, say) the exported backbone left out
     if args.fuse:
         model.fuse()
     size = tuple(args.size)
