@@ -338,6 +338,14 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch, capsys) -> None
     assert capsys.readouterr().err.strip() == (
         "visionkit export: error: this command needs onnxscript, which is not installed (pip install -e '.[export]')")
 
+    def run_demo(args) -> int:
+        raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
+
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_run(parser(), "demo", run_demo))
+    assert cli.main(["demo"]) == 2
+    assert "this command needs scikit-learn, which is not installed (pip install -e '.[demo]')" in (
+        capsys.readouterr().err)  # the name pip installs, not the module's
+
 
 def _with_run(parser, command: str, run):
     for action in parser._subparsers._group_actions:

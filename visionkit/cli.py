@@ -32,6 +32,8 @@ COMMAND_MODULES = (
 
 #: The setup.cfg extra that installs what a command needs beyond the core packages.
 _EXTRAS = {"benchmark": "bench", "export": "export", "demo": "demo"}
+#: pip names of modules whose import name differs
+_PIP_NAMES = {"sklearn": "scikit-learn"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         extra = _EXTRAS.get(args.command)
         hint = f"pip install -e '.[{extra}]'" if extra else "see README.rst"
-        print(f"{parser.prog} {args.command}: error: this command needs {error.name or error}, which is not "
+        package = _PIP_NAMES.get(error.name or "", error.name) or error
+        print(f"{parser.prog} {args.command}: error: this command needs {package}, which is not "
               f"installed ({hint})", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as error:

@@ -1,4 +1,4 @@
-"""``visionkit demo``: fine-tune a MobileViT classifier on scikit-learn's handwritten digits, end to end.
+"""``visionkit demo``: train a MobileViT classifier from scratch on scikit-learn's handwritten digits, end to end.
 
 The data are the 1,797 8x8 grey-level digit images that ship inside scikit-learn (no download), split once into
 1,437 training and 360 test images (stratified, fixed seed). Batches are upsampled bilinearly to ``image_size`` and

@@ -136,10 +136,13 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     variants = [v for v in VARIANTS if args.family is None or v.family.lower() == args.family.lower()]
     rows = [summarize(v, args.size, args.repeats, latency=not args.no_latency) for v in variants]
+    latency = (
+        "latency not measured" if args.no_latency
+        else f"latency = median of {args.repeats} runs on {torch.get_num_threads()} CPU threads"
+    )
     print(
         f"visionkit summary: {len(rows)} variants, input 1x3x{args.size}x{args.size}, float32, eval mode; "
-        f"MACs from torch.utils.flop_counter; latency = median of {args.repeats} runs on "
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+        f"MACs from torch.utils.flop_counter; {latency}, torch {torch.__version__}"
     )
     print(format_table(rows, args.size))
     return 0
@@ -147,7 +150,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``summary`` command."""
-    parser = subparsers.add_parser("summary", help="table of every variant: parameters, MACs, shapes, latency")
+    parser = subparsers.add_parser(
+        "summary", help="table of every variant: parameters, MACs, shapes, latency",
+        description="Print a table of every variant (or one family): parameters, MACs, feature shapes and the "
+        "latency of one forward on this machine.",
+    )
     parser.add_argument("--size", type=int, default=256, help="square input size (default 256)")
     parser.add_argument("--family", choices=["MobileViT", "MobileViTv2", "MobileViTv3"], help="only this family")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per variant (default 5)")
