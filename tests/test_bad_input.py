@@ -338,3 +338,12 @@ def test_reset_parameters_and_fuse_handle_unusual_norms_and_frozen_layers() -> N
     frozen.fuse()
     assert not any(p.requires_grad for p in frozen.parameters())
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in frozen.parameters() if p.dim() == 4)
+
+
+def test_an_unknown_weights_tag_is_refused_before_the_model_draws_random_weights() -> None:
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError, match="weights must be a registered tag such as 'cvnets-in1k'"):
+        MobileViT(mode="xxs", weights="no-such-tag")
+    with pytest.raises(TypeError, match="weights"):
+        MobileViTv2(0.5, weights=3)  # type: ignore[arg-type]
+    assert torch.equal(torch.get_rng_state(), state)

@@ -441,6 +441,24 @@ def _with_dropouts(
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
+def _check_weights_tag(weights: Optional[str]) -> None:
+    """Refuse a ``weights`` argument that names no registered checkpoint of any variant, before the model is built
+    (building draws random initial weights from the global generator)."""
+    if weights is None:
+        return
+    from .weights import list_weights  # the weights registry imports this module
+
+    check_type("weights", weights, str)
+    names = {w.tag for w in list_weights()} | {w.name for w in list_weights()}
+    if weights not in names:
+        tags = sorted({w.tag for w in list_weights()})
+        raise ValueCheckError(
+            f"weights must be a registered tag such as {', '.join(map(repr, tags))} (see list_weights()), "
+            f"got {weights!r}",
+            actual_value=weights,
+        )
+
+
 def _load_registered_weights(backbone: MobileViTBackbone, weights: Optional[str]) -> None:
     if weights is not None:
         from .weights import load_weights  # the weights registry imports this module
@@ -494,6 +512,7 @@ class MobileViT(MobileViTBackbone):
         weights: Optional[str] = None,
         grad_checkpointing: bool = False,
     ) -> None:
+        _check_weights_tag(weights)
         config = _with_dropouts(mobilevit_config(mode), dropout, attn_dropout, ffn_dropout)
         super().__init__(
             config,
@@ -551,6 +570,7 @@ class MobileViTv2(MobileViTBackbone):
         weights: Optional[str] = None,
         grad_checkpointing: bool = False,
     ) -> None:
+        _check_weights_tag(weights)
         config = _with_dropouts(mobilevit_v2_config(width_multiplier), dropout, attn_dropout, ffn_dropout)
         super().__init__(
             config,
@@ -614,6 +634,7 @@ class MobileViTv3(MobileViTBackbone):
         weights: Optional[str] = None,
         grad_checkpointing: bool = False,
     ) -> None:
+        _check_weights_tag(weights)
         config = _with_dropouts(mobilevit_v3_config(mode, width_multiplier), dropout, attn_dropout, ffn_dropout)
         super().__init__(
             config,
