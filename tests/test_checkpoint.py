@@ -940,3 +940,38 @@ def test_a_url_that_cannot_be_read_is_named_in_the_error(tmp_path: pathlib.Path,
     url = (tmp_path / "absent.pt").as_uri()
     with pytest.raises(OSError, match=f"could not download {url}"):
         load_checkpoint(MobileViT(mode="xxs"), url, progress=False)
+
+
+def test_saving_follows_symlinks_keeps_permissions_and_writes_devices_directly(tmp_path: pathlib.Path) -> None:
+    run = tmp_path / "run3.pt"
+    save_checkpoint(MobileViT(mode="xxs"), run)
+    os.chmod(run, 0o600)  # a private file stays private
+    latest = tmp_path / "latest.pt"
+    latest.symlink_to(run.name)
+    model = randomize_(MobileViT(mode="xxs"), calibrate=False)
+    save_checkpoint(model, latest)
+    assert latest.is_symlink() and os.stat(run).st_mode & 0o777 == 0o600
+    reloaded = MobileViT(mode="xxs")
+    load_checkpoint(reloaded, run)
+    assert_state_equal(reloaded, state_copy(model))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "run3.pt"]
+    save_checkpoint(MobileViT(mode="xxs"), os.devnull)  # written through, not replaced by a regular file
+    assert not os.path.isfile(os.devnull)
+
+
+def test_a_whole_download_refused_for_safety_stays_cached(tmp_path: pathlib.Path, monkeypatch) -> None:
+    import argparse
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    src = tmp_path / "with_args.pt"
+    torch.save({"state_dict": MobileViT(mode="xxs").state_dict(), "args": argparse.Namespace(lr=0.1)}, src)
+    with pytest.raises(ValueError, match="refused to load"):
+        load_checkpoint(MobileViT(mode="xxs"), src.as_uri(), progress=False)
+    assert len(list((tmp_path / "hub" / "checkpoints").iterdir())) == 1  # complete: no reason to fetch it again
+
+
+def test_a_model_with_a_buffer_of_its_own_is_not_taken_for_a_fused_one() -> None:
+    model = MobileViT(mode="xxs")
+    model.conv_1.register_buffer("calibration", torch.zeros(3))
+    state = convert_state_dict(model, "cvnets")
+    assert "conv_1.calibration" in state and len(state) == len(model.state_dict())

@@ -177,6 +177,10 @@ def _download(url: str, sha256: Optional[str], progress: bool) -> str:
     return path
 
 
+class _UnreadableFile(ValueError):
+    """The file is truncated, corrupt or no checkpoint at all (as opposed to a whole file refused for safety)."""
+
+
 def _read_file(path: str) -> Any:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
@@ -190,23 +194,23 @@ def _read_file(path: str) -> Any:
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"could not read {path!r} as safetensors (truncated or corrupt?): {err}") from err
+            raise _UnreadableFile(f"could not read {path!r} as safetensors (truncated or corrupt?): {err}") from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "unsupported operand" in str(err).lower():  # the bytes are no pickle at all (an image, an .onnx file)
-            raise ValueError(
-                f"{path!r} is not a PyTorch or safetensors checkpoint (its bytes are no pickle: {err})"
-            ) from err
+        # torch.save writes a zip archive (b"PK"), or a pickle starting with its PROTO opcode in the legacy format;
+        # other bytes (an image, an .onnx file) are no checkpoint at all.
+        if not head.startswith((b"PK", b"\x80")):
+            raise _UnreadableFile(f"{path!r} is not a PyTorch or safetensors checkpoint ({err})") from err
         if "weights only load failed" in str(err).lower():
             raise ValueError(
                 f"refused to load {path!r}: it contains pickled Python objects beyond tensors and plain containers, "
                 "which could run code. Nothing from it was executed. If you trust the file, re-save its state dict "
                 "from the program that wrote it."
             ) from err
-        raise ValueError(f"could not read {path!r}: truncated or corrupt pickle ({err})") from err
+        raise _UnreadableFile(f"could not read {path!r}: truncated or corrupt pickle ({err})") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(f"could not read {path!r}: truncated or corrupt checkpoint ({err})") from err
+        raise _UnreadableFile(f"could not read {path!r}: truncated or corrupt checkpoint ({err})") from err
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
@@ -287,7 +291,7 @@ def read_checkpoint(
         path = _download(location, sha256, progress)
         try:
             contents = _read_file(path)
-        except ValueError as error:
+        except _UnreadableFile as error:  # not a whole file refused for safety: that one stays cached
             os.remove(path)  # a truncated download or an error page would otherwise be reused on every call
             raise ValueError(f"{error}; it was downloaded from {location} and the cached file was removed") from None
         notes.append(f"read {location} (cached at {path})")
@@ -503,9 +507,14 @@ def _complete_backbone_keys(backbone: MobileViTBackbone) -> list[str]:
 
 
 def _folded_keys(backbone: MobileViTBackbone) -> list[str]:
-    """Keys ``backbone`` has and its unfused configuration lacks: the biases a BatchNorm fold added."""
+    """The convolution biases a BatchNorm fold added: ``backbone`` has them, its unfused configuration has a norm
+    there instead."""
     complete = set(_complete_backbone_keys(backbone))
-    return [key for key in backbone.state_dict() if key not in complete]
+    return [
+        key for key in backbone.state_dict()
+        if key not in complete and key.endswith(".block.conv.bias")
+        and key.removesuffix("conv.bias") + "norm.weight" in complete
+    ]
 
 
 def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: list[str]) -> _Plan:
