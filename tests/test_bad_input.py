@@ -347,3 +347,36 @@ def test_an_unknown_weights_tag_is_refused_before_the_model_draws_random_weights
     with pytest.raises(TypeError, match="weights"):
         MobileViTv2(0.5, weights=3)  # type: ignore[arg-type]
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_numpy_scalars_tensor_sizes_and_tuple_strides_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from visionkit.contrib import DeepLabV3Head, SeparableConv, SSDLitePostProcess, batched_nms, decode_ssd_boxes
+    from visionkit.contrib.blocks import MobileViTBlockV2
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]])
+    labels = torch.tensor([1, 1])
+    assert batched_nms(boxes, torch.tensor([0.9, 0.8]), labels, np.float32(0.5)).tolist() == [0]
+    assert batched_nms(boxes, torch.tensor([0.9, 0.8]), labels, torch.tensor(0.5)).tolist() == [0]
+    anchors = torch.tensor([[0.5, 0.5, 0.2, 0.4]])
+    assert decode_ssd_boxes(torch.zeros(1, 1, 4), anchors, np.float32(0.1), np.float64(0.2)).shape == (1, 1, 4)
+    logits = torch.tensor([[[0.0, 5.0, 0.0]]])
+    for size in (torch.tensor([320, 320]), np.array([320, 320]), (np.int64(320), 320)):
+        (result,) = SSDLitePostProcess(conf_threshold=0.5)(torch.zeros(1, 1, 4), logits, anchors, size)
+        assert result["boxes"].tolist() == [[128.0, 96.0, 192.0, 224.0]]
+    assert SeparableConv(np.int64(4), np.int64(8), stride=(2, 2))(torch.rand(1, 4, 9, 9)).shape == (1, 8, 5, 5)
+    assert MobileViTBlockV2(np.int64(8), 8, 16, num_layers=1)(torch.rand(1, 8, 4, 4)).shape == (1, 8, 4, 4)
+    head = DeepLabV3Head(80, 5).train()  # fine-tuning with frozen BatchNorms: batch 1 is fine
+    for module in head.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    assert head(torch.rand(1, 80, 8, 8)).shape == (1, 5, 8, 8)
+    from visionkit.contrib import list_weights, weights
+
+    loaded = []
+    monkeypatch.setattr(weights, "load_weights", lambda model, tag: loaded.append(tag))
+    entry = list_weights("mobilevit_xxs")[0]
+    MobileViT(mode="xxs", weights="DEFAULT")
+    MobileViT(mode="xxs", weights=entry)  # type: ignore[arg-type]
+    assert loaded == ["DEFAULT", entry]

@@ -127,3 +127,9 @@ def test_make_divisible_follows_the_official_rule() -> None:
     assert [make_divisible(v, 8) for v in (16, 20, 24.5, 3, 100)] == [16, 24, 24, 8, 104]
     assert make_divisible(64 * 0.75, 16) == 48
     assert make_divisible(64 * 0.6, 16) == 48  # 38.4 rounds to 32 < 0.9 * 38.4, so one more step
+
+
+def test_patch_helpers_trace_with_torch_fx() -> None:
+    traced = torch.fx.symbolic_trace(lambda x: fold_tokens(unfold_tokens(x, 2), 8, 6, 2))
+    x = torch.rand(2, 3, 8, 6)
+    assert torch.equal(traced(x), x)

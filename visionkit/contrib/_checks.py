@@ -6,6 +6,8 @@ kornia's check helpers raise :class:`kornia.core.exceptions.ShapeError` / ``Type
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 from collections.abc import Collection
 from typing import Any
@@ -15,7 +17,8 @@ from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 
 __all__ = [
-    "check_choice", "check_image", "check_output_folder", "check_positive_int", "check_same_place", "check_type"
+    "check_choice", "check_image", "check_output_folder", "check_positive_int", "check_real", "check_same_place",
+    "check_type",
 ]
 
 
@@ -27,10 +30,30 @@ def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None
 
 
 def check_positive_int(name: str, value: Any) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``value`` is an ``int`` greater than zero."""
-    check_type(name, value, int)
-    if value <= 0:
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an integer greater than zero.
+
+    Integers are ``int`` and what converts to one exactly (``operator.index``: numpy integers, integer 0-d
+    tensors); not ``bool``, not floats.
+    """
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        check_type(name, value, int)  # raises, naming the argument and the type that came
+    if operator.index(value) <= 0:
         raise ValueCheckError(f"{name} must be a positive integer, got {value}", actual_value=value)
+
+
+def check_real(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ``TypeError`` unless it is a real number.
+
+    Real numbers are ``int`` and ``float``, numpy scalars and one-element tensors; not ``bool``.
+    """
+    if isinstance(value, bool):
+        raise TypeCheckError(f"{name} must be a number, got a bool ({value!r})", actual_type=bool)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return float(value)
+    raise TypeCheckError(f"{name} must be a real number, got {type(value).__name__} ({value!r})",
+                         actual_type=type(value))
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:

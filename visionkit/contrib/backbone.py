@@ -444,12 +444,12 @@ def _with_dropouts(
 def _check_weights_tag(weights: Optional[str]) -> None:
     """Refuse a ``weights`` argument that names no registered checkpoint of any variant, before the model is built
     (building draws random initial weights from the global generator)."""
-    if weights is None:
-        return
-    from .weights import list_weights  # the weights registry imports this module
+    from .weights import WeightsEntry, list_weights  # the weights registry imports this module
 
+    if weights is None or isinstance(weights, WeightsEntry):
+        return
     check_type("weights", weights, str)
-    names = {w.tag for w in list_weights()} | {w.name for w in list_weights()}
+    names = {"DEFAULT"} | {w.tag for w in list_weights()} | {w.name for w in list_weights()}
     if weights not in names:
         tags = sorted({w.tag for w in list_weights()})
         raise ValueCheckError(

@@ -78,7 +78,7 @@ def fold_tokens(x: torch.Tensor, height: int, width: int, patch_size: int) -> to
         >>> torch.equal(fold_tokens(unfold_tokens(x, 2), 8, 6, 2), x)
         True
     """
-    if not is_recording():
+    if _checks_apply(x):
         check_type("x", x, torch.Tensor)
         check_positive_int("patch_size", patch_size)
         if height % patch_size or width % patch_size or x.dim() != 4 or x.shape[1:3] != (
@@ -135,9 +135,14 @@ def _check_block_sizes(in_channels: int, attn_dim: int, ffn_dim: int, num_layers
         check_positive_int(name, value)
 
 
+def _checks_apply(x: torch.Tensor) -> bool:
+    """Whether the patch helpers check their arguments: in eager mode only (recorded graphs, and FX's symbolic
+    proxies, get sizes the blocks already rounded)."""
+    return not (is_recording() or isinstance(x, torch.fx.Proxy))
+
+
 def _check_patch_grid(x: torch.Tensor, patch_size: int) -> None:
-    """Eager-only checks of the patch helpers' arguments (recorded graphs get sizes the blocks already rounded)."""
-    if is_recording():
+    if not _checks_apply(x):
         return
     check_type("x", x, torch.Tensor)
     check_positive_int("patch_size", patch_size)

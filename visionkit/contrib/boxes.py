@@ -16,7 +16,7 @@ from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from kornia.geometry.bbox import nms
 from torch import nn
 
-from ._checks import check_positive_int, check_type
+from ._checks import check_positive_int, check_real, check_type
 
 __all__ = ["SSDLitePostProcess", "batched_nms", "decode_ssd_boxes"]
 
@@ -52,8 +52,8 @@ def decode_ssd_boxes(
     """
     check_type("offsets", offsets, torch.Tensor)
     check_type("anchors", anchors, torch.Tensor)
-    _check_variance("center_variance", center_variance)
-    _check_variance("size_variance", size_variance)
+    center_variance = _check_variance("center_variance", center_variance)
+    size_variance = _check_variance("size_variance", size_variance)
     if offsets.shape[-1] != 4 or offsets.dim() < 2:
         raise ValueCheckError(f"offsets must be (..., N, 4), got shape {tuple(offsets.shape)}")
     if anchors.dim() != 2 or anchors.shape[-1] != 4 or anchors.shape[0] != offsets.shape[-2]:
@@ -102,7 +102,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeCheckError(f"labels must be an integer tensor, got dtype {labels.dtype}", actual_type=labels.dtype)
-    _check_fraction("iou_threshold", iou_threshold)
+    iou_threshold = _check_fraction("iou_threshold", iou_threshold)
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     exact = boxes.double()
@@ -122,14 +122,16 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
-def _check_variance(name: str, value: float) -> None:
-    check_type(name, value, (int, float))
-    if not 0 < value < float("inf"):
+def _check_variance(name: str, value: float) -> float:
+    number = check_real(name, value)
+    if not 0 < number < float("inf"):
         raise ValueCheckError(f"{name} must be a positive finite number, got {value!r}", actual_value=value)
+    return number
 
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, (str, bytes)) or not isinstance(image_size, Sequence):
+    # a sequence, torch.Size, or a tensor / array of two integers
+    if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__"):
         raise TypeCheckError(
             f"image_size must be the (H, W) of the network input, e.g. images.shape[-2:], got {image_size!r}",
             actual_type=type(image_size),
@@ -149,10 +151,11 @@ def _size(name: str, value: object) -> int:
     return size
 
 
-def _check_fraction(name: str, value: float) -> None:
-    check_type(name, value, (int, float))
-    if not 0.0 <= value <= 1.0:
+def _check_fraction(name: str, value: float) -> float:
+    number = check_real(name, value)
+    if not 0.0 <= number <= 1.0:
         raise ValueCheckError(f"{name} must be in [0, 1], got {value!r}", actual_value=value)
+    return number
 
 
 class SSDLitePostProcess(nn.Module):
@@ -204,8 +207,8 @@ class SSDLitePostProcess(nn.Module):
         _check_variance("size_variance", size_variance)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.top_k = top_k
-        self.max_detections = max_detections
+        self.top_k = operator.index(top_k)
+        self.max_detections = operator.index(max_detections)
         self.center_variance = float(center_variance)
         self.size_variance = float(size_variance)
 

@@ -59,7 +59,7 @@ class SeparableConv(nn.Module):
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: a channel count, ``kernel_size`` or ``stride`` is not a positive int.
+        ValueError: a channel count, ``kernel_size`` or ``stride`` (an int or a pair) is not positive.
     """
 
     def __init__(
@@ -74,11 +74,10 @@ class SeparableConv(nn.Module):
         act: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size),
-            ("stride", stride),
-        ):
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
             check_positive_int(name, value)
+        for step in stride if isinstance(stride, (tuple, list)) else (stride,):  # an int or (sy, sx), as nn.Conv2d
+            check_positive_int("stride", step)
         for name, flag in (("bias", bias), ("norm", norm), ("act", act)):
             check_type(name, flag, bool)
         self.dw_conv = ConvLayer(

@@ -230,7 +230,10 @@ class DeepLabV3Head(nn.Module):
         """
         check_image(x, self.in_channels)
         check_same_place(x, self.classifier.block.conv.weight)
-        if self.training and x.shape[0] == 1 and not is_recording():
+        if x.shape[0] == 1 and not is_recording() and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training  # frozen norms (eval) are fine
+            for m in self.aspp.aspp_layer.convs[-1].modules()
+        ):
             # checked first: the pooling branch fails only after the other branches updated their statistics
             raise ValueCheckError(
                 "in training mode DeepLabV3Head needs a batch of at least 2: its image-pooling branch normalises a "
