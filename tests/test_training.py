@@ -362,6 +362,7 @@ def test_demo_checkpoint_errors_are_value_errors(tmp_path):
 
 def test_wrap_model_leaves_the_model_unchanged_when_it_fails():
     model = MobileViT("xxs").requires_grad_(False)
+    model.register_buffer("mask", torch.zeros(1, 4, 5, 5))  # a 4-D buffer: .to(channels_last) replaces it
     before = {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()}
     with pytest.raises(ValueError, match="at least one parameter with requires_grad=True"):
         wrap_model(model, DistributedContext(rank=0, world_size=2))

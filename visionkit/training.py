@@ -210,8 +210,10 @@ def wrap_model(
         raise ValueError("DistributedDataParallel needs at least one parameter with requires_grad=True; none has")
     if sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # what .to() below replaces, so that a failure leaves the caller's tensors where and how they were
-    originals = [(t, t.data) for t in (*model.parameters(), *model.buffers())]
+    # What .to() below replaces, so that a failure leaves the caller's tensors where and how they were: parameters
+    # (by default) keep their objects and get new data, buffers are replaced in their modules' dicts.
+    parameters = [(p, p.data) for p in model.parameters()]
+    buffers = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     try:
         model = model.to(context.device)
         if not context.is_distributed:
@@ -223,8 +225,11 @@ def wrap_model(
             model = model.to(memory_format=torch.channels_last)
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
     except BaseException:
-        for tensor, data in originals:
-            tensor.data = data
+        for parameter, data in parameters:
+            parameter.data = data
+        for module, saved_parameters, saved_buffers in buffers:
+            module._parameters.update(saved_parameters)  # replaced, not edited, when torch.__future__ says so
+            module._buffers.update(saved_buffers)
         raise
 
 
