@@ -304,3 +304,12 @@ def test_cli_infers_pt2_from_the_output_name_refuses_unknown_opsets_and_takes_in
                         lambda model, path, **kwargs: calls.append((model.in_channels, path)) or str(path))
     assert main(["export", "mobilevit_xxs", "-o", str(tmp_path / "m.pt2"), "--in-channels", "1"]) == 0
     assert calls == [(1, str(tmp_path / "m.pt2"))]  # an AOTInductor package, not an ONNX file named .pt2
+
+
+def test_a_model_on_the_meta_device_exports() -> None:
+    from visionkit.contrib import export_program
+
+    with torch.device("meta"):
+        model = MobileViT(mode="xxs").eval()
+    program = export_program(model, dynamic=False, input_size=(64, 64))
+    assert program.graph_signature.user_outputs

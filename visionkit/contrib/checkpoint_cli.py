@@ -88,7 +88,10 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _classes(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer number of classes, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (backbone only) or a positive number of classes, got {value}")
     return value

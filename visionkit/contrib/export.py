@@ -61,8 +61,8 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     # a private generator: exporting leaves the global random state (dropout masks, data order) alone
-    generator = torch.Generator(device=device).manual_seed(0)
-    return torch.rand(batch, channels, *input_size, device=device, dtype=dtype, generator=generator)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: meta (and some other) devices have none
+    return torch.rand(batch, channels, *input_size, dtype=dtype, generator=generator).to(device)
 
 
 @contextlib.contextmanager
@@ -381,7 +381,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", required=True, help="file to write")
     parser.add_argument("--dynamic", action="store_true", help="onnx: symbolic batch, height and width")
     parser.add_argument("--dynamic-batch", action="store_true", help="pt2: symbolic batch (height and width fixed)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18, at least 17)")
+    parser.add_argument("--opset", type=int, default=18,
+                        help="ONNX opset, from 17 to the newest the installed onnx knows (default: 18)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                         help="trace size (default: 256 256)")
     parser.add_argument("--in-channels", type=int, default=3,
