@@ -213,7 +213,7 @@ def wrap_model(
     # What .to() below replaces, so that a failure leaves the caller's tensors where and how they were: parameters
     # (by default) keep their objects and get new data, buffers are replaced in their modules' dicts.
     parameters = [(p, p.data) for p in model.parameters()]
-    buffers = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    entries = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     try:
         model = model.to(context.device)
         if not context.is_distributed:
@@ -227,7 +227,7 @@ def wrap_model(
     except BaseException:
         for parameter, data in parameters:
             parameter.data = data
-        for module, saved_parameters, saved_buffers in buffers:
+        for module, saved_parameters, saved_buffers in entries:
             module._parameters.update(saved_parameters)  # replaced, not edited, when torch.__future__ says so
             module._buffers.update(saved_buffers)
         raise

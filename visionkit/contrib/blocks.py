@@ -37,13 +37,13 @@ def unfold_tokens(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     exactly as ``F.unfold(x, p, stride=p)`` would order them. ``H`` and ``W`` must be multiples of ``p``. The
     result is contiguous, so ``.reshape(B * P, N, C)`` gives transformer tokens without another copy.
 
-    Raises:
-        TypeError: ``x`` is not a tensor or ``patch_size`` not an int.
-        ValueError: ``x`` is not 4-D, ``H`` or ``W`` is not a multiple of ``patch_size``, or ``patch_size < 1``.
-
     The channels move last first (a view for a ``channels_last`` input, and a transpose that moves a single axis,
     which ONNX Runtime has a fast kernel for, in an exported graph). The patch pixels then move ahead of the patch
     grid in two transposes that each keep whole rows of channels together. No intermediate tensor is above rank 5.
+
+    Raises:
+        TypeError: ``x`` is not a tensor or ``patch_size`` not an int.
+        ValueError: ``x`` is not 4-D, ``H`` or ``W`` is not a multiple of ``patch_size``, or ``patch_size < 1``.
 
     Example:
         >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)

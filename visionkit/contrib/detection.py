@@ -399,8 +399,8 @@ class SSDLite(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return raw ``offsets`` :math:`(B, N, 4)`, ``logits`` :math:`(B, N, K)` and ``anchors`` :math:`(N, 4)`.
 
-        Anchors are normalised ``(cx, cy, w, h)``, float32 when the model runs in float16 or bfloat16; :func:`~visionkit.contrib.decode_ssd_boxes` turns offsets and
-        anchors into normalised ``xyxy`` boxes.
+        Anchors are normalised ``(cx, cy, w, h)``, float32 when the model runs in float16 or bfloat16;
+        :func:`~visionkit.contrib.decode_ssd_boxes` turns offsets and anchors into normalised ``xyxy`` boxes.
         """
         with batchnorm_statistics_restored_on_error(self, images):
             features = self.features(images)
