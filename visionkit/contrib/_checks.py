@@ -29,16 +29,18 @@ def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None
     KORNIA_CHECK_TYPE(value, expected, f"argument {name!r}")
 
 
-def check_positive_int(name: str, value: Any) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``value`` is an integer greater than zero.
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` as an ``int``, or raise ``TypeError``/``ValueError`` unless it is an integer above zero.
 
     Integers are ``int`` and what converts to one exactly (``operator.index``: numpy integers, integer 0-d
     tensors); not ``bool``, not floats.
     """
     if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        check_type(name, value, int)  # raises, naming the argument and the type that came
-    if operator.index(value) <= 0:
+        raise TypeCheckError(f"{name} must be an int, got {value!r}", actual_type=type(value))
+    number = operator.index(value)
+    if number <= 0:
         raise ValueCheckError(f"{name} must be a positive integer, got {value}", actual_value=value)
+    return number
 
 
 def check_real(name: str, value: Any) -> float:

@@ -10,7 +10,6 @@ clipped to ``[0, 1]``. This file is an independent implementation written from t
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Optional
 
@@ -161,15 +160,14 @@ class SSDAnchorGenerator(nn.Module):
         for level, size in enumerate(feature_sizes):
             if not isinstance(size, Sequence) or len(size) != 2:
                 raise ValueCheckError(f"feature size {level} must be a (height, width) pair of ints, got {size!r}")
-            for value in size:
-                if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-                    raise TypeCheckError(
-                        f"feature size {level} must be a (height, width) pair of ints, got {size!r}",
-                        actual_type=type(value),
-                    )
-            height, width = (operator.index(s) for s in size)
-            check_positive_int("feature height", height)
-            check_positive_int("feature width", width)
+            try:
+                height = check_positive_int("feature height", size[0])
+                width = check_positive_int("feature width", size[1])
+            except TypeError as error:
+                raise TypeCheckError(
+                    f"feature size {level} must be a (height, width) pair of ints, got {size!r}",
+                    actual_type=type(size),
+                ) from error
             cy = (torch.arange(height, dtype=torch.float64) + 0.5) / height
             cx = (torch.arange(width, dtype=torch.float64) + 0.5) / width
             shapes = torch.tensor(self._level_shapes(level), dtype=torch.float64)  # (A, 2) as (w, h)

@@ -8,7 +8,6 @@ boxes shifted apart by class. This file is an independent implementation.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 
 import torch
@@ -138,17 +137,7 @@ def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
         )
     if len(image_size) != 2:
         raise ValueCheckError(f"image_size must be (H, W), got {image_size!r}", actual_value=image_size)
-    return _size("image height", image_size[0]), _size("image width", image_size[1])
-
-
-def _size(name: str, value: object) -> int:
-    # ints, and int-like values such as numpy integers or the entries of a torch.Size; not floats or bools
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeCheckError(f"{name} must be an int, got {value!r}", actual_type=type(value))
-    size = operator.index(value)  # type: ignore[call-overload]
-    if size <= 0:
-        raise ValueCheckError(f"{name} must be a positive integer, got {size}", actual_value=size)
-    return size
+    return check_positive_int("image height", image_size[0]), check_positive_int("image width", image_size[1])
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -201,14 +190,12 @@ class SSDLitePostProcess(nn.Module):
         super().__init__()
         _check_fraction("conf_threshold", conf_threshold)
         _check_fraction("nms_threshold", nms_threshold)
-        check_positive_int("top_k", top_k)
-        check_positive_int("max_detections", max_detections)
         _check_variance("center_variance", center_variance)
         _check_variance("size_variance", size_variance)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.top_k = operator.index(top_k)
-        self.max_detections = operator.index(max_detections)
+        self.top_k = check_positive_int("top_k", top_k)
+        self.max_detections = check_positive_int("max_detections", max_detections)
         self.center_variance = float(center_variance)
         self.size_variance = float(size_variance)
 
