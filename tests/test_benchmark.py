@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -116,6 +117,20 @@ def test_forward_flops_counts_two_operations_per_multiply_add() -> None:
     backbone = build_variant("mobilevit_xxs").eval()
     one, four = (benchmark.forward_flops(backbone, torch.rand(b, 3, 64, 64)) for b in (1, 4))
     assert one > 0 and four == 4 * one  # attention and convolutions alike scale with the batch
+
+
+def test_forward_flops_leaves_a_training_model_as_it_was() -> None:
+    from visionkit.contrib.variants import build_variant
+
+    model = build_variant("mobilevit_xxs").train()
+    model.layer_1.eval()  # a mixed model: every module's own flag must come back
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: m.training for k, m in model.named_modules()}
+    eval_count = benchmark.forward_flops(copy.deepcopy(model).eval(), torch.rand(2, 3, 64, 64))
+    assert benchmark.forward_flops(model, torch.rand(2, 3, 64, 64)) == eval_count
+    assert {k: m.training for k, m in model.named_modules()} == flags
+    for key, value in model.state_dict().items():  # BatchNorm running statistics and batch counters untouched
+        assert torch.equal(value, buffers[key]), key
 
 
 def test_matrix_rate_measures_both_probes_and_refuses_no_repeats() -> None:

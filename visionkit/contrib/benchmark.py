@@ -180,17 +180,17 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     """Floating-point operations of ``model(x)`` in its convolutions, matrix products and attention.
 
     Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, two per multiply-add. Elementwise operations,
-    normalisation, softmax and data movement are not counted, so the count is a lower bound on the work.
+    normalisation, softmax and data movement are not counted, so the count is a lower bound on the work. The
+    forward runs in evaluation mode (the count is the same; a model in training mode keeps its BatchNorm running
+    statistics and gets its modes back).
 
     Example:
         >>> forward_flops(nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.rand(1, 3, 16, 16))  # 2 * 3 * 8 * 9 * 256
         110592
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from .summary import _flops_in_eval_mode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
+    return _flops_in_eval_mode(model, x)
 
 
 def _median_seconds(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:

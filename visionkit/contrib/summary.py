@@ -53,16 +53,24 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
     """
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     weight = first_conv.weight
+    x = torch.zeros(1, first_conv.in_channels, height, width, dtype=weight.dtype, device=weight.device)
+    return _flops_in_eval_mode(model, x) // 2
+
+
+def _flops_in_eval_mode(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs that :class:`torch.utils.flop_counter.FlopCounterMode` counts in ``model(x)``, run in evaluation mode
+    without gradients; every submodule's training flag is restored afterwards, also on error, so BatchNorm running
+    statistics and the model's modes are left as they were."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            model(torch.zeros(1, first_conv.in_channels, height, width, dtype=weight.dtype, device=weight.device))
+            model(x)
     finally:
         for module, training in modes:  # each module's own flag, also when the forward raises
             module.training = training
-    return counter.get_total_flops() // 2
+    return counter.get_total_flops()
 
 
 @dataclass(frozen=True)
