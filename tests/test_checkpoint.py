@@ -804,6 +804,21 @@ def test_sha256_is_checked_for_local_files_and_hf_folders_are_read(tmp_path: pat
         read_checkpoint(tmp_path / "empty")
 
 
+def test_read_checkpoint_notes_only_what_a_successful_read_did(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "wrapped.pt"
+    torch.save({"model": {"module.fc.weight": torch.zeros(2)}}, path)
+    notes = ["earlier"]
+    assert list(read_checkpoint(path, notes=notes)) == ["fc.weight"]
+    assert notes[0] == "earlier" and any("unwrapped" in n for n in notes) and any("module." in n for n in notes)
+    torch.save({"model": {"module.config": {"lr": 0.1}}}, path)  # unwrapped and read, then refused
+    before = list(notes)
+    with pytest.raises(ValueError, match="no state dict"):
+        read_checkpoint(path, notes=notes)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        read_checkpoint(path, sha256="0" * 64, notes=notes)
+    assert notes == before
+
+
 @pytest.mark.parametrize("channels", [1, 4, 6])
 def test_three_channel_weights_load_into_other_channel_counts(channels: int) -> None:
     official = official_state("v1_xxs")

@@ -261,7 +261,7 @@ def read_checkpoint(
             an in-memory dict.
         sha256: expected SHA-256 of the file, downloaded or local (checked on every use when given).
         progress: show a progress bar while downloading.
-        notes: if given, a list that receives what was unwrapped or stripped.
+        notes: if given, a list that receives what was unwrapped or stripped (only when the read succeeds).
 
     Returns:
         The state dict, with containers (``{"state_dict": ...}``, ``{"model": ...}``, ...) and ``module.`` prefixes
@@ -278,7 +278,17 @@ def read_checkpoint(
         >>> list(sd)
         ['fc.weight']
     """
-    notes = [] if notes is None else notes
+    found: list[str] = []
+    state = _read_state_dict(checkpoint, sha256, progress, found)
+    if notes is not None:
+        notes.extend(found)  # after the read, so a refused file leaves the caller's list as it was
+    return state
+
+
+def _read_state_dict(
+    checkpoint: Union[str, os.PathLike[str], Mapping[str, Any]], sha256: Optional[str], progress: bool, notes: list[str]
+) -> StateDict:
+    """:func:`read_checkpoint`'s work, appending to ``notes`` as it goes."""
     if isinstance(checkpoint, Mapping):
         return _unwrap(checkpoint, notes)
     if not isinstance(checkpoint, (str, os.PathLike)):
