@@ -266,6 +266,25 @@ def test_demo_tiny_run_writes_files_and_reload_check_passes(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_demo_writes_its_checkpoint_and_figures_as_one_set(tmp_path, monkeypatch):
+    import visionkit.demo as demo
+
+    settings = dict(epochs=1, image_size=8, batch_size=32, limit=80, output=tmp_path, progress=False,
+                    log=lambda *_: None, device="cpu")
+    run_demo(seed=1, **settings)
+    names = ("checkpoint.pt", "training_curves.png", "predictions.png")
+    first = {name: (tmp_path / name).read_bytes() for name in names}
+
+    def broken_plot(*args):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(demo, "_plot_predictions", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        run_demo(seed=2, **settings)  # other weights: its checkpoint would differ from the first run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no partial file left behind
+    assert {name: (tmp_path / name).read_bytes() for name in names} == first
+
+
 def test_demo_command_line_with_another_variant(tmp_path, capsys):
     code = cli_main(["demo", "--epochs", "1", "--image-size", "8", "--batch-size", "32", "--limit", "80",
                      "--variant", "mobilevitv2_050", "--output", str(tmp_path), "--no-progress", "--threads", "2"])

@@ -19,6 +19,7 @@ demo``), through :mod:`visionkit.training`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -357,7 +358,13 @@ def run_demo(
             accuracy = (predicted == test_labels).double().mean().item()
             output.mkdir(parents=True, exist_ok=True)
             checkpoint_path = output / CHECKPOINT_NAME
-            with replaced_on_success(checkpoint_path) as partial:  # an earlier checkpoint stays whole on failure
+            # The checkpoint and both figures are written as one set: if any of them fails, an earlier run's three
+            # files all stay as they were (none is replaced, no partial file is left).
+            with contextlib.ExitStack() as files:
+                partial_checkpoint, partial_curves, partial_predictions = (
+                    files.enter_context(replaced_on_success(output / name))
+                    for name in (CHECKPOINT_NAME, CURVES_NAME, PREDICTIONS_NAME)
+                )
                 torch.save(
                     {
                         "format": "visionkit-demo-1",
@@ -370,10 +377,10 @@ def run_demo(
                         "history": history,
                         "state_dict": {k: v.detach().cpu() for k, v in trained_model.state_dict().items()},
                     },
-                    partial,
+                    partial_checkpoint,
                 )
-            _plot_curves(history, output / CURVES_NAME)
-            _plot_predictions(test_images, test_labels, predicted, output / PREDICTIONS_NAME)
+                _plot_curves(history, Path(partial_curves))
+                _plot_predictions(test_images, test_labels, predicted, Path(partial_predictions))
             reloaded, _ = load_checkpoint(checkpoint_path)
             # on the trained model's device: on a GPU, TF32 convolutions differ from CPU ones beyond the tolerance
             reloaded_logits = predict(reloaded.to(next(trained_model.parameters()).device), test_images, image_size)
