@@ -48,6 +48,18 @@ def test_python_dash_m_entry_point() -> None:
     assert "mobilevit_s " in result.stdout
 
 
+def test_version_names_visionkit_and_torch(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    import visionkit
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"visionkit {visionkit.__version__} (torch {torch.__version__}, Python "), out
+
+
 def test_unknown_command_is_an_argparse_error() -> None:
     with pytest.raises(SystemExit):
         main(["frobnicate"])

@@ -36,9 +36,18 @@ _EXTRAS = {"benchmark": "bench", "export": "export", "demo": "demo"}
 _PIP_NAMES = {"sklearn": "scikit-learn"}
 
 
+def _version() -> str:
+    import torch
+
+    from . import __version__
+
+    return f"visionkit {__version__} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``visionkit`` argument parser with every command registered."""
     parser = argparse.ArgumentParser(prog="visionkit", description="visionkit command-line tools")
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument(
         "--traceback", action="store_true", help="on an error, show the Python traceback instead of just the message"
     )
