@@ -51,7 +51,11 @@ def test_dynamic_onnx_matches_pytorch_at_several_sizes(build, opset: int, tmp_pa
     torch.manual_seed(0)
     model = build().eval()
     path = Path(export_onnx(model, tmp_path / "model.onnx", opset=opset, dynamic=True))
+    graph = onnx.load(str(path)).graph
     assert onnx.load(str(path)).opset_import[0].version == opset
+    dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (graph.input[0], graph.output[0])]
+    assert dims[0] == ["batch", 3, "height", "width"], dims
+    assert dims[1][0] == "batch" and "height" in dims[1][2] and "width" in dims[1][3], dims
     _check_graph(path)
     for shape in [(1, 3, 256, 256), (2, 3, 320, 192), (1, 3, 250, 230)]:
         x = torch.rand(*shape)

@@ -209,6 +209,9 @@ def export_onnx(
             optimize=True,
             verbose=False,
         )
+        if dynamic:  # the graph names its axes as the tracer's symbols (s77, s53, ...) unless told otherwise
+            images = onnx_program.model.graph.inputs[0].shape
+            onnx_program.rename_axes({images[0]: "batch", images[2]: "height", images[3]: "width"})
     with replaced_on_success(path) as partial:  # a failed write leaves an earlier export whole
         onnx_program.save(partial)
     return path
