@@ -261,6 +261,26 @@ def test_float64_input_is_a_clear_type_error_under_autocast_too() -> None:
         assert model(x.float()).dtype == torch.bfloat16  # float32 input is what autocast casts
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0, -1])
+def test_every_positive_finite_argument_refuses_nan_infinity_zero_and_negatives(bad: float, tmp_path) -> None:
+    from visionkit.contrib.anchors import SSDAnchorGenerator
+    from visionkit.contrib.boxes import decode_ssd_boxes
+    from visionkit.contrib.configs import TransformerStageConfig
+    from visionkit.demo import run_demo
+
+    calls = {
+        "TransformerStageConfig.expand_ratio": lambda: TransformerStageConfig(48, 64, 128, 2, bad),
+        "aspect ratio": lambda: SSDAnchorGenerator(((2.0, bad),)),
+        "size_variance": lambda: decode_ssd_boxes(torch.zeros(1, 4), torch.ones(1, 4), size_variance=bad),
+        "center_variance": lambda: decode_ssd_boxes(torch.zeros(1, 4), torch.ones(1, 4), center_variance=bad),
+        "lr": lambda: run_demo(lr=bad, output=tmp_path / "unused"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"^{name} must be positive and finite, got {bad!r}$"):
+            call()
+    assert not (tmp_path / "unused").exists()
+
+
 def test_architecture_configs_are_checked_field_by_field() -> None:
     from visionkit.contrib import MobileViTBackbone
     from visionkit.contrib.configs import BlockConfig, ConvStageConfig, TransformerStageConfig, mobilevit_config

@@ -473,7 +473,7 @@ def test_post_processing_and_nms_check_their_inputs() -> None:
         batched_nms(boxes.tolist(), torch.rand(3), torch.ones(3, dtype=torch.long), 0.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="center_variance"):
         decode_ssd_boxes(offsets, anchors, center_variance="a")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="size_variance must be a positive finite number"):
+    with pytest.raises(ValueError, match="size_variance must be positive and finite"):
         decode_ssd_boxes(offsets, anchors, size_variance=float("inf"))
 
 

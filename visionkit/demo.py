@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .contrib._checks import check_positive_int, check_type
+from .contrib._checks import check_positive_finite, check_positive_int, check_type
 from .contrib._files import replaced_on_success
 from .contrib.heads import ClassificationHead
 from .contrib.variants import VARIANTS, build_variant
@@ -288,13 +288,12 @@ def run_demo(
     check_positive_int("image_size", image_size)
     check_positive_int("batch_size", batch_size)
     check_type("lr", lr, (int, float))
+    check_positive_finite("lr", lr)
     check_type("seed", seed, int)
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two samples to train), got {batch_size}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be positive and finite, got {lr}")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"the output {str(output)!r} exists and is not a folder")

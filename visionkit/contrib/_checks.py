@@ -6,6 +6,7 @@ kornia's check helpers raise :class:`kornia.core.exceptions.ShapeError` / ``Type
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import os
@@ -56,6 +57,15 @@ def check_real(name: str, value: Any) -> float:
         return float(value)
     raise TypeCheckError(f"{name} must be a real number, got {type(value).__name__} ({value!r})",
                          actual_type=type(value))
+
+
+def check_positive_finite(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ``TypeError`` unless it is a real number (:func:`check_real`) and
+    ``ValueError`` unless it is above zero and finite."""
+    number = check_real(name, value)
+    if not 0 < number < math.inf:  # NaN fails both comparisons
+        raise ValueCheckError(f"{name} must be positive and finite, got {value!r}", actual_value=value)
+    return number
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:

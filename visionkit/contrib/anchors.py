@@ -17,7 +17,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_positive_int, check_type
+from ._checks import check_positive_finite, check_positive_int, check_type
 
 __all__ = ["SSD_ASPECT_RATIOS", "SSDAnchorGenerator"]
 
@@ -81,9 +81,7 @@ class SSDAnchorGenerator(nn.Module):
                 )
             for ratio in level:
                 check_type("aspect ratio", ratio, (int, float))
-                if not 0 < ratio < math.inf:
-                    raise ValueCheckError(f"aspect ratios must be positive and finite, got {ratio!r}",
-                                          actual_value=ratio)
+                check_positive_finite("aspect ratio", ratio)
             ratios.append(tuple(level))
         check_type("min_scale", min_scale, (int, float))
         check_type("max_scale", max_scale, (int, float))

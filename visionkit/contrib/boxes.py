@@ -15,7 +15,7 @@ from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from kornia.geometry.bbox import nms
 from torch import nn
 
-from ._checks import check_positive_int, check_real, check_type
+from ._checks import check_positive_finite, check_positive_int, check_real, check_type
 
 __all__ = ["SSDLitePostProcess", "batched_nms", "decode_ssd_boxes"]
 
@@ -51,8 +51,8 @@ def decode_ssd_boxes(
     """
     check_type("offsets", offsets, torch.Tensor)
     check_type("anchors", anchors, torch.Tensor)
-    center_variance = _check_variance("center_variance", center_variance)
-    size_variance = _check_variance("size_variance", size_variance)
+    center_variance = check_positive_finite("center_variance", center_variance)
+    size_variance = check_positive_finite("size_variance", size_variance)
     if offsets.shape[-1] != 4 or offsets.dim() < 2:
         raise ValueCheckError(f"offsets must be (..., N, 4), got shape {tuple(offsets.shape)}")
     if anchors.dim() != 2 or anchors.shape[-1] != 4 or anchors.shape[0] != offsets.shape[-2]:
@@ -121,13 +121,6 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
-def _check_variance(name: str, value: float) -> float:
-    number = check_real(name, value)
-    if not 0 < number < float("inf"):
-        raise ValueCheckError(f"{name} must be a positive finite number, got {value!r}", actual_value=value)
-    return number
-
-
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     # a sequence, torch.Size, or a tensor / array of two integers
     if isinstance(image_size, (str, bytes)) or not hasattr(image_size, "__len__"):
@@ -190,8 +183,8 @@ class SSDLitePostProcess(nn.Module):
         super().__init__()
         _check_fraction("conf_threshold", conf_threshold)
         _check_fraction("nms_threshold", nms_threshold)
-        _check_variance("center_variance", center_variance)
-        _check_variance("size_variance", size_variance)
+        check_positive_finite("center_variance", center_variance)
+        check_positive_finite("size_variance", size_variance)
         self.conf_threshold = float(conf_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = check_positive_int("top_k", top_k)

@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from kornia.core.exceptions import ValueCheckError
 
-from ._checks import check_choice, check_positive_int, check_type
+from ._checks import check_choice, check_positive_finite, check_positive_int, check_type
 from .layers import make_divisible
 
 __all__ = [
@@ -42,8 +42,7 @@ def _check_positive_number(config: object, name: str) -> None:
     value = getattr(config, name)
     label = f"{type(config).__name__}.{name}"
     check_type(label, value, (int, float))
-    if not 0 < value < math.inf:
-        raise ValueCheckError(f"{label} must be positive and finite, got {value!r}", actual_value=value)
+    check_positive_finite(label, value)
 
 
 @dataclass(frozen=True)

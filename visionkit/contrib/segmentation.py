@@ -24,7 +24,6 @@ v2, ADE20K, OS8                     ``MobileViTv2(width, output_stride=8)`` + ``
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Optional
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
-from ._checks import check_image, check_positive_int, check_same_place, check_type
+from ._checks import check_image, check_positive_finite, check_positive_int, check_same_place, check_type
 from .layers import ConvLayer, batchnorm_statistics_restored_on_error, is_recording
 
 __all__ = ["ASPP", "ASPPPooling", "DeepLabV3Head", "SegmentationModel"]
@@ -203,10 +202,7 @@ class DeepLabV3Head(nn.Module):
         size = None if output_size is None else _check_size_pair("output_size", output_size)
         if scale_factor is not None:
             check_type("scale_factor", scale_factor, (int, float))
-            if not (scale_factor > 0 and math.isfinite(scale_factor)):
-                raise ValueCheckError(
-                    f"scale_factor must be positive and finite, got {scale_factor!r}", actual_value=scale_factor
-                )
+            check_positive_finite("scale_factor", scale_factor)
 
         self.in_channels = in_channels
         self.num_classes = num_classes
