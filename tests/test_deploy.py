@@ -86,6 +86,57 @@ def test_fuse_in_training_mode_is_refused_and_changes_nothing() -> None:
         model.fuse()
 
 
+def test_fuse_keeps_the_convolution_modules_and_their_hooks_and_drops_stale_caches() -> None:
+    from visionkit.contrib.layers import ConvLayer
+
+    model = _randomise_batchnorm(MobileViT("xxs")).eval()
+    conv = model.conv_1.block.conv
+    calls = []
+    conv.register_forward_hook(lambda *_: calls.append("conv"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)  # also fills every layer's cache of folded weights
+    assert sum(m._folded_cache is not None for m in model.modules() if isinstance(m, ConvLayer)) > 30
+    model.fuse()
+    # the caches held the removed BatchNorms' tensors and the unfused weights (as much memory as the model)
+    assert all(m._folded_cache is None for m in model.modules() if isinstance(m, ConvLayer) and m.block.conv.bias is not None)
+    calls.clear()
+    with torch.no_grad():
+        actual = model(x)
+    assert model.conv_1.block.conv is conv and calls == ["conv"]
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_refuses_hooked_batchnorms_and_leaves_other_norms_in_place() -> None:
+    model = _randomise_batchnorm(MobileViT("xxs")).eval()
+    handle = model.layer_2[1].block.conv_3x3.block.norm.register_forward_hook(lambda *_: None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"hooks that would never run again: layer_2\.1\.block\.conv_3x3\.block\.norm"):
+        model.fuse()
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    handle.remove()
+    model.conv_1.block.norm = nn.GroupNorm(4, 16).eval()  # cannot be folded: stays, and the rest is fused
+    model.layer_1[0].block.exp_1x1.block.norm = nn.BatchNorm2d(32, track_running_stats=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        model.fuse()
+        actual = model(x)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    remaining = [type(m).__name__ for m in model.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert remaining == ["GroupNorm", "BatchNorm2d"]
+
+
+def test_a_model_made_in_inference_mode_fuses() -> None:
+    with torch.inference_mode():
+        model = _randomise_batchnorm(MobileViT("xxs")).eval()
+        x = torch.rand(1, 3, 64, 64)
+        expected = model(x)
+        model.fuse()
+        torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_fold_conv_batchnorm_validates_its_arguments() -> None:
     with pytest.raises(TypeError, match="Conv2d"):
         fold_conv_batchnorm(nn.Linear(3, 3), nn.BatchNorm2d(3))  # type: ignore[arg-type]

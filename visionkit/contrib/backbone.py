@@ -393,7 +393,7 @@ class MobileViTBackbone(nn.Module):
             The backbone itself.
 
         Raises:
-            ValueError: the model is in training mode (call ``eval()`` first).
+            ValueError: the model is in training mode (call ``eval()`` first), or a BatchNorm has hooks.
 
         Example:
             >>> model = MobileViT(mode="xxs").eval().fuse()

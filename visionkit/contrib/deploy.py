@@ -1,8 +1,9 @@
 """Deploy-time simplification: fold every BatchNorm into the convolution before it.
 
 :func:`fuse_batchnorm` works on any module tree built from :class:`~visionkit.contrib.layers.ConvLayer` blocks
-(backbones and heads alike). A folded ``ConvLayer`` keeps its ``block.conv`` (now with a bias) and ``block.act``
-and loses ``block.norm``, so the fused model has fewer kernels and no BatchNorm at all. It is meant for
+(backbones and heads alike). A folded ``ConvLayer`` keeps its ``block.conv`` module (with new weight and bias
+parameters) and ``block.act`` and loses ``block.norm``, so the fused model runs fewer kernels and has no BatchNorm
+left (norms that cannot be folded, such as a ``GroupNorm`` put in a BatchNorm's place, stay). It is meant for
 inference: the folded statistics no longer update, hence fusing a model in training mode is refused.
 """
 
@@ -85,8 +86,20 @@ def fold_conv_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+def _hooked(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
 def fuse_batchnorm(module: ModuleT) -> ModuleT:
     """Fold every BatchNorm of every :class:`~visionkit.contrib.layers.ConvLayer` in ``module``, in place.
+
+    Each folded layer keeps its ``block.conv`` module, with new weight and bias parameters (hooks on the
+    convolution keep running; requires-grad flags and channels-last weights are kept), and loses its
+    ``block.norm``. Norms that cannot be folded (other types, such as a
+    ``GroupNorm`` put in a BatchNorm's place, or a BatchNorm with ``track_running_stats=False``, which normalises
+    with batch statistics in eval mode too) are left in place and run as before.
 
     Args:
         module: a model in eval mode (backbone, head, or a ``nn.Sequential`` of both).
@@ -96,7 +109,8 @@ def fuse_batchnorm(module: ModuleT) -> ModuleT:
 
     Raises:
         TypeError: ``module`` is not an ``nn.Module``.
-        ValueError: ``module`` (or a submodule) is in training mode; nothing is changed then.
+        ValueError: ``module`` (or a submodule) is in training mode, or a BatchNorm to fold has hooks (they would
+            never run again); nothing is changed then.
 
     Example:
         >>> from visionkit.contrib import MobileViT
@@ -112,10 +126,27 @@ def fuse_batchnorm(module: ModuleT) -> ModuleT:
             "fusing folds the BatchNorm running statistics, which only holds for inference: call model.eval() "
             f"before fusing (in training mode: {', '.join(training[:3])}{', ...' if len(training) > 3 else ''})"
         )
-    layers = [m for m in module.modules() if isinstance(m, ConvLayer) and "norm" in m.block._modules]
-    folded = [fold_conv_batchnorm(m.block.conv, m.block.norm) for m in layers]  # all computed before any change
-    for layer, conv in zip(layers, folded):
-        conv.train(False)
-        layer.block.conv = conv
+    layers = [
+        (name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, ConvLayer)
+        and type(m.block._modules.get("conv")) is nn.Conv2d
+        and isinstance(m.block._modules.get("norm"), (nn.BatchNorm2d, nn.SyncBatchNorm))
+        and m.block.norm.running_mean is not None
+        and m.block.norm.running_var is not None
+    ]
+    hooked = [f"{name}.block.norm" for name, m in layers if _hooked(m.block.norm)]
+    if hooked:
+        raise ValueError(
+            "fusing removes the BatchNorms, but these have hooks that would never run again: "
+            f"{', '.join(hooked[:3])}{', ...' if len(hooked) > 3 else ''}; remove the hooks first (hooks on the "
+            "convolutions are kept)"
+        )
+    folded = [fold_conv_batchnorm(m.block.conv, m.block.norm) for _, m in layers]  # all computed before any change
+    for (_, layer), new in zip(layers, folded):
+        # New parameters on the same module: its hooks keep running, and a weight shared with another layer (or an
+        # inference tensor, which cannot be written in place) is not folded twice.
+        layer.block.conv.weight, layer.block.conv.bias = new.weight, new.bias
         del layer.block.norm
+        layer._folded_cache = None  # it held the unfused weights and the removed BatchNorm's tensors
     return module
