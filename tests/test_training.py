@@ -390,3 +390,93 @@ def test_wrap_model_leaves_the_model_unchanged_when_it_fails():
     with pytest.raises(ValueError, match="process group"):
         wrap_model(model, DistributedContext(rank=0, world_size=2))
     assert {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()} == before
+
+
+def test_wrap_model_puts_the_batchnorms_back_when_it_fails_after_the_sync_batchnorm_conversion():
+    model = MobileViT("xxs")
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    # no CUDA here: the move to the device fails after the conversion
+    with pytest.raises((AssertionError, RuntimeError)):
+        wrap_model(model, DistributedContext(device=torch.device("cuda", 0)), sync_batchnorm=True)
+    assert {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)} == norms
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+
+
+def _class_batches(labels: torch.Tensor, soft: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    one_hot = nn.functional.one_hot(labels, 4).float()
+    return [(one_hot.view(-1, 4, 1, 1) * 10, one_hot if soft else labels)]
+
+
+def test_accuracy_of_probability_labels_counts_their_most_likely_class():
+    from visionkit.training import evaluate, train_one_epoch
+
+    context = DistributedContext()
+    perfect = nn.Flatten()  # logits = 10 x one-hot of the true class
+    for batch in (4, 2):  # 4: the batch as large as the class count (an unchecked comparison broadcast to (4, 4))
+        labels = torch.tensor([0, 1, 2, 3, 1, 1, 0, 0])[:batch]
+        for soft in (False, True):
+            assert evaluate(perfect, _class_batches(labels, soft), context).accuracy == 1.0
+    wrong = torch.tensor([[1, 0]]).repeat(4, 1)
+    with pytest.raises(ValueError, match=r"labels must be class indices \(B,\) or class probabilities"):
+        evaluate(perfect, [(torch.rand(4, 4, 1, 1), wrong)], context, loss_fn=lambda logits, labels: logits.sum())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="labels must be"):
+        train_one_epoch(model, [(torch.rand(4, 4, 1, 1), wrong)], optimizer, context,
+                        loss_fn=lambda logits, labels: logits.sum())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step with unscorable labels
+    result = train_one_epoch(model, _class_batches(torch.tensor([0, 1, 2, 3]), True), optimizer, context)
+    assert result.samples == 4 and 0.0 <= result.accuracy <= 1.0
+
+
+def test_train_one_epoch_takes_any_iterable_and_checks_its_arguments_before_changing_anything():
+    from visionkit.training import train_one_epoch
+
+    context = DistributedContext()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2)).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.rand(4, 3, 4, 4), torch.randint(0, 2, (4,))) for _ in range(2)]
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.rand(3, 4, 4), torch.tensor(1)) for _ in range(4)])
+
+    loader = make_loader(torch.utils.data.TensorDataset(*batches[0]), 2, context, shuffle=True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for bad, error, message in [
+        (dict(optimizer=None), TypeError, "optimizer"),
+        (dict(epoch="3"), TypeError, "epoch"),
+        (dict(epoch=1.5), TypeError, "epoch"),
+        (dict(epoch=True), TypeError, "epoch"),
+        (dict(epoch=-1), ValueError, "epoch must be >= 0"),
+        (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
+    ]:
+        arguments = dict(optimizer=optimizer, epoch=0) | bad
+        with pytest.raises(error, match=message):
+            train_one_epoch(model, loader, arguments.pop("optimizer"), context, **arguments)
+        assert not model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [len(b[0]) for b in loader] == [2, 2]  # the loader still works
+    assert train_one_epoch(model, batches, optimizer, context).samples == 8  # a list of batches
+    stream = torch.utils.data.DataLoader(Stream(), batch_size=2)
+    assert train_one_epoch(model, stream, optimizer, context, progress=True).samples == 4  # no len(), a bar anyway
+
+
+def test_progress_without_tqdm_names_what_to_install(monkeypatch):
+    from visionkit.training import train_one_epoch
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    model = nn.Linear(2, 2).eval()
+    with pytest.raises(ImportError, match="pip install tqdm"):
+        train_one_epoch(model, [(torch.rand(2, 2), torch.tensor([0, 1]))], torch.optim.SGD(model.parameters(), lr=0.1),
+                        DistributedContext(), progress=True)
+    assert not model.training
+
+
+def test_make_loader_takes_numpy_and_tensor_batch_sizes():
+    import numpy as np
+
+    for size in (np.int64(4), torch.tensor(4)):
+        loader = make_loader(list(range(10)), size, DistributedContext(), shuffle=False)
+        assert loader.batch_size == 4 and type(loader.batch_size) is int

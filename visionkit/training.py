@@ -208,13 +208,15 @@ def wrap_model(
         )
     if context.is_distributed and not any(p.requires_grad for p in model.parameters()):
         raise ValueError("DistributedDataParallel needs at least one parameter with requires_grad=True; none has")
-    if sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # What .to() below replaces, so that a failure leaves the caller's tensors where and how they were: parameters
-    # (by default) keep their objects and get new data, buffers are replaced in their modules' dicts.
+    # What the SyncBatchNorm conversion and .to() below replace, so that a failure leaves the caller's model as it
+    # was: the conversion swaps child modules in their parents' dicts (the new modules share the old parameters and
+    # buffers); parameters (by default) keep their objects and get new data, buffers are replaced in their modules'
+    # dicts.
     parameters = [(p, p.data) for p in model.parameters()]
-    entries = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    entries = [(m, dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in model.modules()]
     try:
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(context.device)
         if not context.is_distributed:
             return model
@@ -227,9 +229,10 @@ def wrap_model(
     except BaseException:
         for parameter, data in parameters:
             parameter.data = data
-        for module, saved_parameters, saved_buffers in entries:
+        for module, saved_parameters, saved_buffers, saved_children in entries:
             module._parameters.update(saved_parameters)  # replaced, not edited, when torch.__future__ says so
             module._buffers.update(saved_buffers)
+            module._modules.update(saved_children)  # the BatchNorms the conversion replaced
         raise
 
 
@@ -298,7 +301,7 @@ def make_loader(
         TypeError: an argument has the wrong type.
         ValueError: ``batch_size < 1`` or ``num_workers < 0``.
     """
-    check_positive_int("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)  # numpy and 0-d tensor ints become an int
     check_type("context", context, DistributedContext)
     check_type("shuffle", shuffle, bool)
     check_type("seed", seed, int)
@@ -340,12 +343,42 @@ def _reduced(totals: torch.Tensor, context: DistributedContext) -> EpochResult:
     return EpochResult(loss=loss_sum / count, accuracy=correct / count, samples=count)
 
 
-def _progress(iterable: Iterable[Any], enabled: bool, description: str, total: int) -> Any:
+def _progress(iterable: Iterable[Any], enabled: bool, description: str) -> Any:
     if not enabled:
         return iterable
-    from tqdm.auto import tqdm
-
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError(
+            "progress=True shows a tqdm progress bar, and tqdm is not installed (pip install tqdm, or the demo "
+            "extra); pass progress=False to train without it",
+            name="tqdm",
+        ) from None
+    try:
+        total = len(iterable)  # type: ignore[arg-type]
+    except TypeError:  # a generator, or a DataLoader over an IterableDataset without a length
+        total = None
     return tqdm(iterable, desc=description, total=total, leave=False, dynamic_ncols=True)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many predictions are right: labels are class indices :math:`(B,)`, or class probabilities
+    :math:`(B, K)` (one-hot or soft, as ``F.cross_entropy`` also takes), whose most likely class counts."""
+    if labels.dim() == 2 and labels.shape == logits.shape and labels.is_floating_point():
+        labels = labels.argmax(dim=1)
+    elif labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"labels must be class indices (B,) or class probabilities (B, K) like the logits {tuple(logits.shape)}, "
+            f"got shape {tuple(labels.shape)}"
+        )
+    return (logits.argmax(dim=1) == labels).sum()
+
+
+def _check_loop_arguments(model: Any, context: Any, loss_fn: Any) -> None:
+    check_type("model", model, nn.Module)
+    check_type("context", context, DistributedContext)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(logits, labels), got {type(loss_fn).__name__}")
 
 
 def train_one_epoch(
@@ -367,7 +400,9 @@ def train_one_epoch(
 
     Args:
         model: a classifier returning logits :math:`(B, K)` (plain or DDP-wrapped).
-        loader: yields ``(images, labels)`` batches.
+        loader: yields ``(images, labels)`` batches, labels as class indices :math:`(B,)` or class probabilities
+            :math:`(B, K)` (the accuracy then counts the most likely class); a :class:`~torch.utils.data.DataLoader`
+            or any iterable of batches (only :func:`make_loader`'s samplers are reseeded per epoch).
         optimizer: the optimiser of ``model``'s parameters.
         context: from :func:`init_distributed`.
         epoch: epoch number; reseeds the loader's shuffling (distributed or not) so every epoch has its own order.
@@ -378,17 +413,32 @@ def train_one_epoch(
 
     Returns:
         Mean loss and accuracy over the epoch, measured on the fly (with the weights of the moment).
+
+    Raises:
+        TypeError: an argument has the wrong type (checked before anything changes).
+        ValueError: ``epoch`` is negative, or a batch's labels are neither class indices :math:`(B,)` nor class
+            probabilities :math:`(B, K)`.
+        ImportError: ``progress=True`` without tqdm installed.
     """
-    sampler = loader.sampler
+    _check_loop_arguments(model, context, loss_fn)
+    check_type("optimizer", optimizer, torch.optim.Optimizer)
+    check_type("epoch", epoch, int)
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
+    bar = _progress(loader, progress and context.is_main, description)  # before any change: tqdm may be missing
+    sampler = getattr(loader, "sampler", None)  # any iterable of batches works; only ours are reseeded
     if isinstance(sampler, (DistributedSampler, _EpochShuffler)):
         sampler.set_epoch(epoch)
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)
-    bar = _progress(loader, progress and context.is_main, description, len(loader))
     for images, labels in bar:
         images, labels = images.to(context.device), labels.to(context.device)
         logits = model(images)
         loss = loss_fn(logits, labels)
+        with torch.no_grad():
+            correct = _correct(logits, labels)  # before the step: no update with labels it cannot score
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -398,13 +448,13 @@ def train_one_epoch(
             totals += torch.stack(
                 (
                     loss.detach().double() * labels.shape[0],
-                    (logits.argmax(dim=1) == labels).sum().double(),
+                    correct.double(),
                     torch.tensor(float(labels.shape[0]), dtype=torch.float64, device=context.device),
                 )
             )
         if bar is not loader:
-            loss_sum, correct, seen = totals.tolist()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            loss_sum, right, seen = totals.tolist()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{right / seen:.3f}")
     if bar is not loader:
         bar.close()
     return _reduced(totals, context)
@@ -425,19 +475,24 @@ def evaluate(
 
     Args:
         model: a classifier returning logits :math:`(B, K)`.
-        loader: yields ``(images, labels)`` batches.
+        loader: yields ``(images, labels)`` batches, labels as in :func:`train_one_epoch`.
         context: from :func:`init_distributed`.
         loss_fn: ``loss_fn(logits, labels)`` returning the mean loss of the batch.
 
     Returns:
         Mean loss and accuracy.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: a batch's labels are neither class indices :math:`(B,)` nor class probabilities :math:`(B, K)`.
     """
+    _check_loop_arguments(model, context, loss_fn)
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)
     for images, labels in loader:
         images, labels = images.to(context.device), labels.to(context.device)
         logits = model(images)
         totals[0] += loss_fn(logits, labels).double() * labels.shape[0]
-        totals[1] += (logits.argmax(dim=1) == labels).sum()
+        totals[1] += _correct(logits, labels)
         totals[2] += labels.shape[0]
     return _reduced(totals, context)
