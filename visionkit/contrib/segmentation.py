@@ -281,6 +281,24 @@ class DeepLabV3Head(nn.Module):
                 return ours + key[len(official) :]
         return None
 
+    def cvnets_export_key(self, key: str, family: str) -> str:
+        """Official key of this head's state-dict key ``key`` (used when saving in the official layout).
+
+        Backbones with the v1 block (v1, v3-XXS/XS/S, built on cvnets v0.1) name the classifier
+        ``seg_head.classifier.classifier.*``; those with the v2 block (v2, v3-0.5/0.75/1.0) ``seg_head.classifier.*``.
+
+        Args:
+            key: a key of this head's state dict, e.g. ``"classifier.block.conv.weight"``.
+            family: ``"v1"`` or ``"v2"``, the backbone's block family.
+
+        Example:
+            >>> DeepLabV3Head(80, 21).cvnets_export_key("classifier.block.conv.bias", "v1")
+            'seg_head.classifier.classifier.block.conv.bias'
+        """
+        if key.startswith("classifier."):
+            return ("seg_head.classifier." if family == "v1" else "seg_head.") + key
+        return "seg_head." + key
+
 
 class SegmentationModel(nn.Module):
     """Backbone + segmentation head returning logits at each input's own size (bilinear resize).
