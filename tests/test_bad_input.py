@@ -160,9 +160,29 @@ def test_classification_head_checks_its_feature_map() -> None:
     with pytest.raises(ValueError, match=r"got shape \(2, 320\)"):
         head(torch.rand(2, 320))
     assert head(torch.rand(2, 320, 3, 5)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"got shape \(1, 640, 2, 2\)$"):  # more channels: not a missing expansion
+        head(torch.rand(1, 640, 2, 2))
+    with pytest.raises(ValueError, match="height and width must be at least 1"):
+        head(torch.rand(1, 320, 0, 4))  # the mean of nothing would be NaN logits
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=f"the input has dtype {dtype} but the model has dtype torch.float32"):
+            head(torch.ones(1, 320, 2, 2, dtype=dtype))
     scripted = torch.jit.script(head.eval())  # the checks stay out of TorchScript, as before they existed
     x = torch.rand(2, 320, 3, 5)
     torch.testing.assert_close(scripted(x), head(x))
+
+
+def test_classification_head_runs_the_modules_it_holds_and_slices_to_a_sequential() -> None:
+    from torch import nn
+
+    head = ClassificationHead(8, 3).eval()
+    x = torch.rand(2, 8, 4, 4)
+    logits = head(x)
+    head.append(nn.Softmax(dim=1))
+    torch.testing.assert_close(head(x), logits.softmax(dim=1))
+    pooled = head[:2]
+    assert type(pooled) is nn.Sequential and list(pooled._modules) == ["pool", "flatten"]
+    torch.testing.assert_close(pooled(x), x.mean(dim=(2, 3)))
 
 
 def test_a_variant_refuses_to_have_its_own_size_overridden() -> None:

@@ -9,7 +9,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_positive_int, check_type
+from ._checks import check_positive_int, check_same_place, check_type
 
 __all__ = ["ClassificationHead"]
 
@@ -18,7 +18,8 @@ class ClassificationHead(nn.Sequential):
     """Global average pool, flatten, dropout, linear: logits from a feature map.
 
     Submodules are named ``pool``, ``flatten``, ``dropout`` and ``fc``; ``fc`` has the same keys as the official
-    v1 classifier (``classifier.fc``).
+    v1 classifier (``classifier.fc``). As an ``nn.Sequential`` it runs whatever modules it holds, in order (a
+    module appended after ``fc``, e.g. ``nn.Softmax(1)``, runs too), and a slice is a plain ``nn.Sequential``.
 
     Args:
         in_channels: channels :math:`C` of the feature map (the backbone's ``out_channels``).
@@ -60,12 +61,21 @@ class ClassificationHead(nn.Sequential):
         """Logits :math:`(B, K)` of a feature map :math:`(B, C, H, W)`.
 
         Raises:
-            TypeError: ``x`` is not a tensor (e.g. the list of a :class:`~visionkit.contrib.FeatureExtractor`).
-            ValueError: ``x`` is not 4-D with ``in_channels`` channels.
+            TypeError: ``x`` is not a tensor (e.g. the list of a :class:`~visionkit.contrib.FeatureExtractor`), or
+                its dtype is not the head's (float64 into a float32 head; autocast casts are fine).
+            ValueError: ``x`` is not 4-D with ``in_channels`` channels and at least one row and column, or is on
+                another device.
         """
         if not torch.jit.is_scripting():  # TorchScript types the input itself; the checks stay out of it
             self._check_input(x)
-        return self.fc(self.dropout(self.flatten(self.pool(x))))
+        for module in self:
+            x = module(x)
+        return x
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):  # nn.Sequential would call this class's constructor with an OrderedDict
+            return nn.Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
 
     @torch.jit.unused
     def _check_input(self, x: Any) -> None:
@@ -76,10 +86,14 @@ class ClassificationHead(nn.Sequential):
                 actual_type=type(x),
             )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
+            expansion = x.dim() == 4 and x.shape[1] < self.in_channels  # e.g. 80 channels where 320 were expected
             raise ValueCheckError(
                 f"ClassificationHead takes a feature map (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}"
-                + ("; a backbone built with expand_output=False ends before its 1x1 expansion" if x.dim() == 4 else "")
+                + ("; a backbone built with expand_output=False ends before its 1x1 expansion" if expansion else "")
             )
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueCheckError(f"the feature map's height and width must be at least 1, got shape {tuple(x.shape)}")
+        check_same_place(x, self.fc.weight)
 
     #: Top-level prefixes of official cvnets checkpoint keys that this head owns (see :meth:`cvnets_key`).
     cvnets_prefixes: tuple[str, ...] = ("classifier.",)
