@@ -185,6 +185,28 @@ def test_classification_head_runs_the_modules_it_holds_and_slices_to_a_sequentia
     torch.testing.assert_close(pooled(x), x.mean(dim=(2, 3)))
 
 
+def test_attention_and_aspp_building_blocks_check_their_arguments() -> None:
+    from visionkit.contrib.attention import LinearAttnFFN, LinearSelfAttention, TransformerEncoder
+    from visionkit.contrib.segmentation import ASPP
+
+    cases = [
+        (lambda: ASPP(80, 256, 6, 0.1), ValueError, "atrous_rates must be a sequence of three ints"),
+        (lambda: ASPP(80, 256, (6, 12), 0.1), ValueError, "atrous_rates must be a sequence of three ints"),
+        (lambda: ASPP(80, 256, (6, 12, 18), 1.0), ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+        (lambda: ASPP(80, 0, (6, 12, 18), 0.1), ValueError, "out_channels must be a positive integer"),
+        (lambda: LinearSelfAttention("64"), TypeError, "dim must be an int, got '64'"),
+        (lambda: LinearSelfAttention(64, attn_dropout=-0.1), ValueError, r"attn_dropout must be in \[0, 1\)"),
+        (lambda: TransformerEncoder(64, 0, num_heads=4), ValueError, "ffn_dim must be a positive integer, got 0"),
+        (lambda: TransformerEncoder(64, 128, num_heads=4, dropout=True), TypeError, "dropout must be a number"),
+        (lambda: LinearAttnFFN(64, 128, ffn_dropout=1.5), ValueError, r"ffn_dropout must be in \[0, 1\), got 1.5"),
+        (lambda: ClassificationHead(320, 10, dropout=float("nan")), ValueError, r"dropout must be in \[0, 1\)"),
+    ]
+    for build, error, message in cases:
+        with pytest.raises(error, match=message):
+            build()
+    assert len(ASPP(80, 256, (6, 12, 18), 0.1).convs) == 5
+
+
 def test_a_variant_refuses_to_have_its_own_size_overridden() -> None:
     with pytest.raises(TypeError, match=r"mobilevit_xxs fixes mode='xxs'; got mode='s'"):
         build_variant("mobilevit_xxs", mode="s")
@@ -365,7 +387,8 @@ def test_a_batch_of_one_that_batchnorm_cannot_train_on_changes_no_statistics() -
             model(torch.rand(1, 3, size, size))
         after = model.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), name
-    with pytest.raises(ValueError, match="needs a batch of at least 2: its image-pooling branch"):
+    with pytest.raises(ValueError, match="needs a batch of at least 2: its image-pooling branch.*SegmentationModel "
+                       "checks before its backbone runs"):
         DeepLabV3Head(80, 21).train()(torch.rand(1, 80, 8, 8))
     models["v1 backbone"](torch.rand(2, 3, 32, 32))  # two values per channel are enough
 

@@ -68,6 +68,15 @@ def check_positive_finite(name: str, value: Any) -> float:
     return number
 
 
+def check_probability(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ``TypeError`` unless it is an ``int`` or ``float`` (not ``bool``) and
+    ``ValueError`` unless it is in ``[0, 1)`` (a dropout probability)."""
+    check_type(name, value, (int, float))
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
+    return float(value)
+
+
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
     """Raise ``ValueError`` listing the valid ``choices`` when ``value`` is not one of them."""
     if value not in choices:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_positive_int, check_type
+from ._checks import check_positive_int, check_probability
 from .layers import ConvLayer
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
@@ -46,9 +46,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         check_positive_int("dim", dim)
         check_positive_int("num_heads", num_heads)
-        check_type("attn_dropout", attn_dropout, (int, float))
-        if not 0.0 <= attn_dropout < 1.0:
-            raise ValueError(f"attn_dropout must be in [0, 1), got {attn_dropout!r}")
+        check_probability("attn_dropout", attn_dropout)
         if dim % num_heads != 0:
             raise ValueError(f"dim must be divisible by num_heads, got dim={dim} and num_heads={num_heads}")
         self.num_heads = num_heads
@@ -67,6 +65,13 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _check_encoder_arguments(dim: int, ffn_dim: int, dropout: float, ffn_dropout: float) -> None:
+    check_positive_int("dim", dim)
+    check_positive_int("ffn_dim", ffn_dim)
+    check_probability("dropout", dropout)
+    check_probability("ffn_dropout", ffn_dropout)
 
 
 class TransformerEncoder(nn.Module):
@@ -101,6 +106,7 @@ class TransformerEncoder(nn.Module):
         ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_encoder_arguments(dim, ffn_dim, dropout, ffn_dropout)  # MultiHeadAttention checks the rest
         self.pre_norm_mha = nn.Sequential(
             nn.LayerNorm(dim, eps=1e-5),
             MultiHeadAttention(dim, num_heads, attn_dropout),
@@ -142,6 +148,8 @@ class LinearSelfAttention(nn.Module):
 
     def __init__(self, dim: int, attn_dropout: float = 0.0) -> None:
         super().__init__()
+        check_positive_int("dim", dim)
+        check_probability("attn_dropout", attn_dropout)
         self.dim = dim
         self.qkv_proj = ConvLayer(dim, 1 + 2 * dim, 1, bias=True, norm=False, act_layer=None)
         self.attn_dropout = nn.Dropout(attn_dropout)
@@ -189,6 +197,7 @@ class LinearAttnFFN(nn.Module):
         ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        _check_encoder_arguments(dim, ffn_dim, dropout, ffn_dropout)  # LinearSelfAttention checks the rest
         self.pre_norm_attn = nn.Sequential(
             nn.GroupNorm(1, dim, eps=1e-5),
             LinearSelfAttention(dim, attn_dropout),

@@ -23,7 +23,7 @@ from kornia.core.exceptions import ValueCheckError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_choice, check_image, check_positive_int, check_same_place, check_type
+from ._checks import check_choice, check_image, check_positive_int, check_probability, check_same_place, check_type
 from .blocks import MobileViTBlock, MobileViTBlockV2
 from .configs import (
     BackboneConfig,
@@ -37,7 +37,6 @@ from .deploy import fuse_batchnorm
 from .layers import (
     ConvLayer,
     InvertedResidual,
-    _batchnorm_buffers,
     _runs_unobserved,
     batchnorm_statistics_restored_on_error,
     in_function_transform,
@@ -434,10 +433,7 @@ def _with_dropouts(
     for name, value in (("dropout", dropout), ("attn_dropout", attn_dropout), ("ffn_dropout", ffn_dropout)):
         if value is None:
             continue
-        check_type(name, value, (int, float))
-        if not 0.0 <= value < 1.0:
-            raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
-        overrides[name] = float(value)
+        overrides[name] = check_probability(name, value)
     return dataclasses.replace(config, **overrides) if overrides else config
 
 

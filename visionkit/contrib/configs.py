@@ -13,7 +13,7 @@ from typing import Literal, Optional
 
 from kornia.core.exceptions import ValueCheckError
 
-from ._checks import check_choice, check_positive_finite, check_positive_int, check_type
+from ._checks import check_choice, check_positive_finite, check_positive_int, check_probability, check_type
 from .layers import make_divisible
 
 __all__ = [
@@ -148,10 +148,7 @@ class BackboneConfig:
         if self.expansion_channels is not None:
             _check_counts(self, "expansion_channels")
         for name in ("dropout", "attn_dropout", "ffn_dropout", "classifier_dropout"):
-            value = getattr(self, name)
-            check_type(name, value, (int, float))
-            if not 0.0 <= value < 1.0:
-                raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
+            check_probability(name, getattr(self, name))
         # The backbone's feature strides (2, 4, 8, 16, 32), its output_stride dilation and the official key names
         # all assume these two strides, as every official variant has them.
         for name, stride in (("layer_1", 1), ("layer_2", 2)):

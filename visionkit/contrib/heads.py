@@ -9,7 +9,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_positive_int, check_same_place, check_type
+from ._checks import check_positive_int, check_probability, check_same_place
 
 __all__ = ["ClassificationHead"]
 
@@ -43,9 +43,7 @@ class ClassificationHead(nn.Sequential):
     def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.0) -> None:
         check_positive_int("in_channels", in_channels)
         check_positive_int("num_classes", num_classes)
-        check_type("dropout", dropout, (int, float))
-        if not 0.0 <= dropout < 1.0:
-            raise ValueCheckError(f"dropout must be in [0, 1), got {dropout!r}", actual_value=dropout)
+        check_probability("dropout", dropout)
         super().__init__(
             OrderedDict(
                 pool=nn.AdaptiveAvgPool2d(1),

@@ -33,16 +33,27 @@ import torch.nn.functional as F
 from kornia.core.exceptions import ValueCheckError
 from torch import nn
 
-from ._checks import check_image, check_positive_finite, check_positive_int, check_same_place, check_type
+from ._checks import (
+    check_image,
+    check_positive_finite,
+    check_positive_int,
+    check_probability,
+    check_same_place,
+    check_type,
+)
 from .layers import ConvLayer, batchnorm_statistics_restored_on_error, is_recording
 
 __all__ = ["ASPP", "ASPPPooling", "DeepLabV3Head", "SegmentationModel"]
 
 
-def _check_probability(name: str, value: float) -> None:
-    check_type(name, value, (int, float))
-    if not 0.0 <= value < 1.0:
-        raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
+def _check_atrous_rates(atrous_rates: Sequence[int]) -> None:
+    if isinstance(atrous_rates, (str, bytes)) or not isinstance(atrous_rates, Sequence) or len(atrous_rates) != 3:
+        raise ValueCheckError(
+            f"atrous_rates must be a sequence of three ints such as (6, 12, 18), got {atrous_rates!r}",
+            actual_value=atrous_rates,
+        )
+    for rate in atrous_rates:
+        check_positive_int("atrous_rates[...]", rate)
 
 
 def _check_size_pair(name: str, value: Sequence[int]) -> tuple[int, int]:
@@ -103,6 +114,10 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, atrous_rates: Sequence[int], dropout: float) -> None:
         super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
+        _check_atrous_rates(atrous_rates)
+        check_probability("dropout", dropout)
         branches: list[nn.Module] = [ConvLayer(in_channels, out_channels, 1, act_layer=nn.ReLU)]
         branches += [
             ConvLayer(in_channels, out_channels, 3, dilation=rate, act_layer=nn.ReLU) for rate in atrous_rates
@@ -187,15 +202,9 @@ class DeepLabV3Head(nn.Module):
         check_positive_int("in_channels", in_channels)
         check_positive_int("num_classes", num_classes)
         check_positive_int("aspp_channels", aspp_channels)
-        if isinstance(atrous_rates, (str, bytes)) or not isinstance(atrous_rates, Sequence) or len(atrous_rates) != 3:
-            raise ValueCheckError(
-                f"atrous_rates must be a sequence of three ints such as (6, 12, 18), got {atrous_rates!r}",
-                actual_value=atrous_rates,
-            )
-        for rate in atrous_rates:
-            check_positive_int("atrous_rates[...]", rate)
-        _check_probability("dropout", dropout)
-        _check_probability("classifier_dropout", classifier_dropout)
+        _check_atrous_rates(atrous_rates)
+        check_probability("dropout", dropout)
+        check_probability("classifier_dropout", classifier_dropout)
         check_type("align_corners", align_corners, bool)
         if output_size is not None and scale_factor is not None:
             raise ValueCheckError("pass either output_size or scale_factor, not both")
@@ -233,7 +242,9 @@ class DeepLabV3Head(nn.Module):
             # checked first: the pooling branch fails only after the other branches updated their statistics
             raise ValueCheckError(
                 "in training mode DeepLabV3Head needs a batch of at least 2: its image-pooling branch normalises a "
-                "1x1 map, where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval())",
+                "1x1 map, where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval()). A "
+                "backbone before it in an nn.Sequential has already updated its running statistics with this batch; "
+                "SegmentationModel checks before its backbone runs",
                 actual_value=tuple(x.shape),
             )
         logits = self.classifier(self.classifier_dropout(self.aspp(x)))
