@@ -115,6 +115,10 @@ def test_load_weights_channel_order(tmp_path: pathlib.Path, monkeypatch: pytest.
     assert torch.equal(rgb.conv_1.block.conv.weight, native.conv_1.block.conv.weight.flip(1))
     with pytest.raises(ValueError, match="channel_order"):
         load_weights(native, "cvnets-in1k", channel_order="rgb")
+    gray = MobileViT(mode="xxs", in_channels=1)
+    report = load_weights(gray, "cvnets-in1k", progress=False)
+    assert "adapted the checkpoint's 3-channel stem to in_channels=1" in report.notes[-2]
+    assert report.notes[-1] == "mobilevit_xxs.cvnets-in1k: the model now expects 1-channel input in [0, 1] (no mean/std)"
 
 
 def test_v3_entries_need_a_local_file_and_then_match_the_golden() -> None:

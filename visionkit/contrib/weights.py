@@ -314,5 +314,9 @@ def load_weights(
     if flip:
         flip_stem_channels(model)
         order = channel_order
-    note = f"{entry.name}: the model now expects {order} input in [0, 1] (no mean/std)"
+    channels = _locate(model).backbone.in_channels
+    if channels == 3:
+        note = f"{entry.name}: the model now expects {order} input in [0, 1] (no mean/std)"
+    else:  # a stem adapted to other channel counts has no channel order to speak of
+        note = f"{entry.name}: the model now expects {channels}-channel input in [0, 1] (no mean/std)"
     return LoadReport(**{**report.__dict__, "notes": (*report.notes, note)})
