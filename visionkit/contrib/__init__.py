@@ -16,6 +16,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .compiled import CompiledInference, compile_for_inference
 from .configs import BackboneConfig
 from .deploy import fold_conv_batchnorm, fuse_batchnorm
 from .detection import SSD_PROJ_CHANNELS, SeparableConv, SSDLite, SSDLiteHead
@@ -31,6 +32,8 @@ __all__ = [
     "BackboneConfig",
     "batched_nms",
     "ClassificationHead",
+    "compile_for_inference",
+    "CompiledInference",
     "convert_state_dict",
     "decode_ssd_boxes",
     "DeepLabV3Head",

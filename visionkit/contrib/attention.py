@@ -17,6 +17,7 @@ from torch import nn
 
 from ._checks import check_positive_int, check_probability
 from .layers import ConvLayer
+from .linear import Linear
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
 
@@ -52,8 +53,8 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_dropout = attn_dropout
-        self.qkv_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.qkv_proj = Linear(dim, 3 * dim)
+        self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
@@ -114,10 +115,10 @@ class TransformerEncoder(nn.Module):
         )
         self.pre_norm_ffn = nn.Sequential(
             nn.LayerNorm(dim, eps=1e-5),
-            nn.Linear(dim, ffn_dim),
+            Linear(dim, ffn_dim),
             nn.SiLU(),
             nn.Dropout(ffn_dropout),
-            nn.Linear(ffn_dim, dim),
+            Linear(ffn_dim, dim),
             nn.Dropout(dropout),
         )
 

@@ -13,7 +13,8 @@ arithmetic can go. It is a script, not a test: it asserts nothing about speed.
 Implementations (``--impls``):
 
 * ``vk_eager``: the visionkit backbone as built; ``vk_fused``: after :meth:`MobileViTBackbone.fuse`;
-  ``vk_compiled``: fused, then ``torch.compile(fullgraph=True)``; ``vk_aoti``: fused, compiled ahead of time by
+  ``vk_compiled``: fused, then :func:`compile_for_inference` (``torch.compile(fullgraph=True)`` with frozen
+  parameters and channels-last weights); ``vk_aoti``: fused, compiled ahead of time by
   :func:`export_aoti_package` (static shape) and run from the package; ``vk_onnx``: :func:`export_onnx` (static)
   run by ONNX Runtime;
 * ``hf_eager``: ``transformers.MobileViTModel`` / ``MobileViTV2Model`` configured to the same architecture
@@ -352,6 +353,7 @@ def _runners(
     name: str, batch: int, args: argparse.Namespace, device: torch.device, tmp: str
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
     """Build every requested implementation; returns the callables and, per failed implementation, why."""
+    from .compiled import compile_for_inference
     from .variants import build_variant, get_variant
 
     family = get_variant(name).family
@@ -383,7 +385,7 @@ def _runners(
         # Every variant and batch compiles the same forward methods again; without a reset dynamo's recompile
         # limit (8 per code object) refuses the later ones.
         torch.compiler.reset()
-        model = torch.compile(copy.deepcopy(fused), fullgraph=True, dynamic=False, mode=args.compile_mode)
+        model = compile_for_inference(copy.deepcopy(fused), mode=args.compile_mode)
         return lambda: model(x)
 
     add("vk_compiled", compiled)

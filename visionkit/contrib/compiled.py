@@ -1,0 +1,96 @@
+"""Compile a model for inference: :func:`torch.compile` with frozen parameters and channels-last weights."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ._checks import check_type
+
+__all__ = ["CompiledInference", "compile_for_inference"]
+
+
+@contextlib.contextmanager
+def _frozen_parameters() -> Iterator[None]:
+    """Turn on Inductor's freezing for the duration of a call (dynamo reads it while tracing, Inductor compiling)."""
+    from torch._inductor import config
+
+    previous = config.freezing
+    config.freezing = True
+    try:
+        yield
+    finally:
+        config.freezing = previous
+
+
+class CompiledInference:
+    """A model compiled by :func:`compile_for_inference`; call it as the model, without gradients.
+
+    Attributes:
+        model: the model that was compiled (its weights converted to channels-last memory format).
+    """
+
+    def __init__(self, model: nn.Module, compiled: Any) -> None:
+        self.model = model
+        self._compiled = compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad(), _frozen_parameters():
+            return self._compiled(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"CompiledInference({type(self.model).__name__})"
+
+
+def compile_for_inference(
+    model: nn.Module, *, dynamic: Optional[bool] = False, mode: Optional[str] = None, fullgraph: bool = True
+) -> CompiledInference:
+    """Compile ``model`` with :func:`torch.compile` for inference, with its parameters frozen into the code.
+
+    Three things beyond a plain ``torch.compile(model)``, each faster at batch 1 on the CPUs measured:
+
+    * Inductor's freezing (``torch._inductor.config.freezing``, turned on around every call of the result, since
+      dynamo reads it while tracing): parameters become constants, so convolution and matrix-product weights are
+      reordered once for oneDNN and BatchNorms folded at compile time;
+    * the model's 4-D weights are converted to channels-last memory format (in place, as
+      :meth:`~torch.nn.Module.to` does);
+    * with frozen parameters the transformer projections (:class:`~visionkit.contrib.linear.Linear`) are compiled to
+      oneDNN's matrix product rather than the BLAS one.
+
+    Calls run without gradients (``torch.no_grad``). The compiled code holds the parameters as they were at the
+    first call (and at any recompilation): changing the model's weights afterwards does not change its results,
+    so compile again after loading other weights. Fuse the model first (:meth:`~visionkit.contrib.MobileViTBackbone.fuse`) for the same graph without
+    BatchNorms. Compiling needs the C++ compiler that :func:`torch.compile` needs on CPU.
+
+    Args:
+        model: the model, in eval mode.
+        dynamic: passed to :func:`torch.compile`; ``False`` compiles for the exact input shape.
+        mode: passed to :func:`torch.compile` (``None`` is its default mode).
+        fullgraph: passed to :func:`torch.compile`; every visionkit backbone compiles as one graph.
+
+    Returns:
+        The compiled model, called like ``model``; compilation happens at the first call.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or another argument has the wrong type.
+        ValueError: ``model`` is in training mode.
+
+    Example:
+        >>> from visionkit.contrib import MobileViT, compile_for_inference
+        >>> model = MobileViT(mode="xxs").eval().fuse()
+        >>> compiled = compile_for_inference(model)
+        >>> compiled
+        CompiledInference(MobileViT)
+    """
+    check_type("model", model, nn.Module)
+    check_type("dynamic", dynamic, (bool, type(None)))
+    check_type("mode", mode, (str, type(None)))
+    check_type("fullgraph", fullgraph, bool)
+    if model.training:
+        raise ValueError("compile_for_inference needs a model in eval mode (call model.eval() first), got training mode")
+    model.to(memory_format=torch.channels_last)
+    return CompiledInference(model, torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode))
