@@ -228,14 +228,32 @@ def test_heap_retain_fails_clearly_without_glibc(monkeypatch: pytest.MonkeyPatch
         benchmark.retain_freed_memory()
 
 
-def _allocator_script():
+def _benchmark_script(name: str):
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "allocator_page_faults.py"
-    spec = importlib.util.spec_from_file_location("allocator_page_faults", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _allocator_script():
+    return _benchmark_script("allocator_page_faults")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_linear_backends_script_times_both_products_and_compares_their_results(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    script = _benchmark_script("linear_backends")
+    script.main(["--rounds", "1", "--calls", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "->" in line and "us" not in line]
+    assert len(rows) == len(script.SHAPES)
+    for row in rows:
+        blas_us, onednn_us, ratio, diff = (float(value) for value in row[-4:])
+        assert blas_us > 0 and onednn_us > 0 and ratio == pytest.approx(onednn_us / blas_us, abs=0.01)
+        assert diff < 1e-3
 
 
 def test_allocator_script_runs_each_setting_in_a_child_with_its_environment(

@@ -206,13 +206,16 @@ def test_onnx_export_runs_in_eval_mode_and_leaves_every_module_in_its_own_mode(t
 
 def test_aoti_export_runs_in_eval_mode_and_leaves_every_module_in_its_own_mode(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.Dropout(0.5)).eval())
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Sequential(nn.Dropout(0.5)).eval())
     modes = _modes(model)
     with pytest.raises(ValueError, match="input_size"):
         export_aoti_package(model, tmp_path / "bad.pt2", input_size=(8,))
     assert _modes(model) == modes
+    weight = model[0].weight
     package = load_aoti_package(export_aoti_package(model, tmp_path / "m.pt2", input_size=(8, 8)))  # about 10 s
     assert _modes(model) == modes
+    # the package is compiled from a channels-last copy: the caller's parameters keep their object and format
+    assert model[0].weight is weight and weight.is_contiguous()
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         expected = copy.deepcopy(model).eval()(x)

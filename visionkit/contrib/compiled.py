@@ -51,7 +51,8 @@ def compile_for_inference(
 ) -> CompiledInference:
     """Compile ``model`` with :func:`torch.compile` for inference, with its parameters frozen into the code.
 
-    Three things beyond a plain ``torch.compile(model)``, each faster at batch 1 on the CPUs measured:
+    Three things beyond a plain ``torch.compile(model)``, which together made batch-1 calls faster on the benchmark's
+    machine:
 
     * Inductor's freezing (``torch._inductor.config.freezing``, turned on around every call of the result, since
       dynamo reads it while tracing): parameters become constants, so convolution and matrix-product weights are

@@ -1,10 +1,10 @@
 """The token projections of the transformer layers: ``nn.Linear`` with a faster CPU inference path.
 
-On CPU, float32 matrix products go to the BLAS library PyTorch was built with (MKL in the official wheels), and
-MKL does not use its AVX-512 kernels on AMD processors. oneDNN, which PyTorch also ships for its convolutions, does.
-On the AMD EPYC the benchmarks ran on, oneDNN's product took 25-45% less time than ``F.linear`` for the shapes of
-MobileViT's transformer layers (``(1024, 64)`` tokens into 192 features: 59 against 113 µs), with results that
-agree to float rounding.
+On CPU, float32 matrix products go to the BLAS library PyTorch was built with (MKL in the official wheels, which
+picks its code by processor vendor). oneDNN, which PyTorch also ships for its convolutions, was faster here: on the
+AMD EPYC the benchmarks ran on, oneDNN's product took 0.49-0.79x of ``F.linear``'s time for nine of the ten
+projection shapes of MobileViT-XXS and -S at batch 1, and 1.11x for the tenth (``python
+benchmarks/linear_backends.py``); the results agree to float rounding.
 """
 
 from __future__ import annotations
