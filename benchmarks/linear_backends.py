@@ -3,8 +3,8 @@
 The shapes are the token projections of MobileViT v1 at 256x256 and batch 1: ``(tokens, in) -> out`` for the
 ``qkv_proj``, ``out_proj`` and feed-forward layers of the XXS and S variants. Both run in this process, interleaved
 round by round; the table gives the median time per call and the ratio oneDNN / ``F.linear``, and the largest
-difference between the two results. ``visionkit.contrib.linear.Linear`` calls oneDNN for CPU inference because of
-what this script shows on the machines we measured; run it on yours.
+difference between the two results. ``visionkit.contrib.linear.project`` calls oneDNN for CPU inference because of
+what this script showed on the machine we measured; run it on yours.
 
     python benchmarks/linear_backends.py [--rounds 15] [--threads 2]
 """
@@ -42,7 +42,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN {torch.backends.mkldnn.is_available()}")
+    onednn = torch.backends.mkldnn.is_available()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN available: {onednn}")
     print(f"{'tokens x in -> out':>22} {'F.linear us':>12} {'oneDNN us':>10} {'ratio':>6} {'max diff':>9}")
     for tokens, in_features, out_features in SHAPES:
         x = torch.randn(tokens, in_features)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from visionkit.contrib import CompiledInference, MobileViT, MobileViTv2, compile_for_inference
-from visionkit.contrib.linear import Linear
+from visionkit.contrib.attention import TransformerEncoder
+from visionkit.contrib.linear import project
 
 ONEDNN = pytest.mark.skipif(
     not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")),
@@ -38,96 +41,166 @@ def _profiled_operators(call) -> list[str]:  # noqa: ANN001
     return [event.name for event in profiler.events()]
 
 
-def _layer() -> Linear:
-    return Linear(64, 192)
+def _layer() -> nn.Linear:
+    return nn.Linear(64, 192)
 
 
-def test_linear_keeps_nn_linear_parameters_keys_and_repr() -> None:
-    layer = _layer()
-    plain = nn.Linear(64, 192)
-    assert isinstance(layer, nn.Linear)
-    assert list(layer.state_dict()) == list(plain.state_dict())
-    assert repr(layer) == repr(plain)
+def _ran_onednn(names: list[str]) -> bool:
+    return any("mkldnn::_linear_pointwise" in name for name in names)
 
 
 @ONEDNN
 @pytest.mark.parametrize("shape", [(1024, 64), (4, 256, 64), (2, 3, 5, 64), (64,), (0, 64)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_inference_runs_onednn_and_matches_f_linear(shape: tuple[int, ...], bias: bool) -> None:
-    layer = Linear(64, 192, bias=bias)
+def test_project_runs_onednn_in_inference_and_matches_the_module(shape: tuple[int, ...], bias: bool) -> None:
+    layer = nn.Linear(64, 192, bias=bias)
     x = torch.randn(shape)
     with torch.no_grad():
-        names = _profiled_operators(lambda: layer(x))
-        actual = layer(x)
-        expected = F.linear(x, layer.weight, layer.bias)
-    assert any(ONEDNN_LINEAR.replace(".", "::") in name for name in names), names
+        names = _profiled_operators(lambda: project(layer, x))
+        actual = project(layer, x)
+        expected = layer(x)
+    assert _ran_onednn(names), names
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 @ONEDNN
-def test_linear_on_a_strided_input_matches_f_linear() -> None:
+def test_project_on_a_strided_input_runs_onednn_and_matches_the_module() -> None:
     layer = _layer()
     x = torch.randn(256, 4, 64).transpose(0, 1)  # not contiguous
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        assert _ran_onednn(_profiled_operators(lambda: project(layer, x)))
+        torch.testing.assert_close(project(layer, x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def _strided_bias() -> nn.Linear:
+    layer = nn.Linear(8, 4)
+    layer.bias = nn.Parameter(torch.randn(8)[::2])  # oneDNN would read it as dense
+    return layer
+
+
+class _Logged(nn.Linear):
+    pass
+
+
+class _Projection(nn.Module):
+    """A module whose forward calls project, as the attention layers do."""
+
+    def __init__(self, linear: nn.Module) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return project(self.linear, x)
+
+
+class _FunctionMode(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        return func(*args, **(kwargs or {}))
 
 
 @ONEDNN
 @pytest.mark.parametrize(
-    "case", ["grad", "input_grad", "autocast", "onednn_off", "float64", "dispatch_mode", "jvp", "trace"]
+    "case",
+    ["grad", "input_grad", "autocast", "onednn_off", "float64", "dispatch_mode", "function_mode", "jvp", "trace",
+     "strided_bias", "subclass", "hook"],
 )
-def test_linear_keeps_f_linear_where_onednn_must_not_run(case: str) -> None:
+def test_project_keeps_the_module_call_where_onednn_must_not_run(case: str) -> None:
     layer = _layer()
     x = torch.randn(4, 16, 64)
     if case == "grad":  # the oneDNN call has no backward
-        out = layer(x)
+        out = project(layer, x)
         out.sum().backward()
         assert layer.weight.grad is not None
-        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(out, layer(x))
         return
     if case == "input_grad":
         layer.requires_grad_(False)
         x.requires_grad_(True)
-        layer(x).sum().backward()
+        project(layer, x).sum().backward()
         torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x))
         return
     if case == "dispatch_mode":  # flop counters and fake tensors know F.linear, not the oneDNN operator
         with torch.no_grad(), _Operators() as seen:
-            layer(x)
+            project(layer, x)
         assert ONEDNN_LINEAR not in seen.names and {"aten.addmm", "aten.linear", "aten.mm"} & set(seen.names)
         counter = FlopCounterMode(display=False)
         with torch.no_grad(), counter:
-            layer(x)
+            project(layer, x)
         assert counter.get_total_flops() == 2 * 4 * 16 * 64 * 192
         return
     if case == "jvp":  # forward-mode AD needs an operator with a forward derivative
         tangent = torch.randn_like(x)
         with torch.no_grad():
-            _, derivative = torch.func.jvp(layer, (x,), (tangent,))
+            _, derivative = torch.func.jvp(lambda t: project(layer, t), (x,), (tangent,))
         torch.testing.assert_close(derivative, F.linear(tangent, layer.weight))
         return
     if case == "trace":
         with torch.no_grad():
-            traced = torch.jit.trace(layer, x)
-        assert "mkldnn" not in str(traced.graph) and "aten::linear" in str(traced.graph)
+            traced = torch.jit.trace(_Projection(layer), x)
+        graph = str(traced.inlined_graph)
+        assert "mkldnn::_linear_pointwise" not in graph and "aten::linear" in graph
         return
     if case == "float64":
         layer, x = layer.double(), x.double()
+    if case == "strided_bias":
+        layer, x = _strided_bias(), torch.randn(3, 8)
+    if case == "subclass":  # e.g. a quantized or instrumented replacement: it runs its own forward
+        layer = _Logged(64, 192)
+    calls: list[int] = []
+    if case == "hook":
+        layer.register_forward_hook(lambda module, args, out: calls.append(1))
     context = {
         "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
         "onednn_off": lambda: torch.backends.mkldnn.flags(enabled=False),
+        "function_mode": _FunctionMode,
     }.get(case, torch.no_grad)
     with torch.no_grad(), context():
-        names = _profiled_operators(lambda: layer(x))
-    assert not any("mkldnn::_linear_pointwise" in name for name in names), names
+        names = _profiled_operators(lambda: project(layer, x))
+        out = project(layer, x)
+    assert not _ran_onednn(names), names
+    if case != "autocast":
+        torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
+    if case == "hook":
+        assert calls == [1, 1]
+
+
+@ONEDNN
+def test_project_raises_what_the_module_raises() -> None:
+    with torch.no_grad(), pytest.raises(RuntimeError, match="cannot be multiplied"):
+        project(nn.Linear(8, 4), torch.randn(3, 7))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="expected device|same device|meta"):
+        project(nn.Linear(8, 4, device="meta"), torch.randn(3, 8))
+    with torch.no_grad():
+        assert project(nn.Linear(0, 4), torch.randn(3, 0)).shape == (3, 4)
+
+
+def test_attention_layers_keep_plain_linears_for_scripting_fx_and_quantization() -> None:
+    encoder = TransformerEncoder(16, 32, num_heads=2).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        expected = encoder(x)
+        torch.testing.assert_close(torch.jit.script(encoder)(x), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.fx.symbolic_trace(encoder)(x), expected, atol=1e-5, rtol=1e-5)
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(encoder), {nn.Linear}, dtype=torch.qint8)
+    projections = [quantized.pre_norm_mha[1].qkv_proj, quantized.pre_norm_mha[1].out_proj,
+                   quantized.pre_norm_ffn[1], quantized.pre_norm_ffn[4]]
+    assert all(type(module).__module__.startswith("torch.ao.nn.quantized") for module in projections)
+    with torch.no_grad():
+        torch.testing.assert_close(quantized(x), expected, atol=0.1, rtol=0.1)  # int8 weights: a coarse match
+    calls: list[int] = []
+    encoder.pre_norm_ffn.register_forward_hook(lambda module, args, out: calls.append(1))
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(x), expected)
+    assert calls == [1]
 
 
 @ONEDNN
 def test_exported_and_plainly_compiled_graphs_hold_the_plain_linear() -> None:
     layer = _layer().eval()
     x = torch.randn(4, 16, 64)
+    module = _Projection(layer)
     with torch.no_grad():
-        program = torch.export.export(layer, (x,))
+        program = torch.export.export(module, (x,))
     targets = {str(node.target) for node in program.graph.nodes}
     assert not any("mkldnn" in target for target in targets) and "aten.linear.default" in targets
 
@@ -139,16 +212,16 @@ def test_exported_and_plainly_compiled_graphs_hold_the_plain_linear() -> None:
 
     torch._dynamo.reset()
     with torch.no_grad():  # without freezing Inductor could not compile the oneDNN call: it is left out
-        torch.compile(layer, fullgraph=True, backend=capture)(x)
+        torch.compile(module, fullgraph=True, backend=capture)(x)
     assert graphs and all("mkldnn" not in str(node.target) for gm in graphs for node in gm.graph.nodes)
     from torch._inductor import config
 
     graphs.clear()
     torch._dynamo.reset()
     with torch.no_grad(), config.patch(freezing=True):
-        out = torch.compile(layer, fullgraph=True, backend=capture)(x)
+        out = torch.compile(module, fullgraph=True, backend=capture)(x)
     assert any(ONEDNN_LINEAR in str(node.target) for gm in graphs for node in gm.graph.nodes)
-    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_compile_for_inference_matches_the_model_and_restores_the_freezing_flag() -> None:
@@ -187,8 +260,16 @@ def test_compile_for_inference_matches_the_model_and_restores_the_freezing_flag(
 def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model() -> None:
     model = MobileViTv2(0.5)
     weight = model.conv_1.block.conv.weight
-    with pytest.raises(ValueError, match="eval mode.*got training mode"):
+    with pytest.raises(ValueError, match=r"eval mode.*\(in training mode: MobileViTv2, conv_1, conv_1.block, \.\.\.\)"):
         compile_for_inference(model)
+    model.eval().layer_2.train()  # one submodule left in training mode (dropout, batch statistics)
+    with pytest.raises(ValueError, match=r"in training mode: layer_2, layer_2\.0"):
+        compile_for_inference(model)
+    model.eval()
+    with pytest.raises(RuntimeError, match="Unrecognized mode"):
+        compile_for_inference(model, mode="fastest")
+    with pytest.raises(TypeError, match="mode"):
+        compile_for_inference(model, mode=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="model"):
         compile_for_inference(lambda x: x)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dynamic"):
@@ -196,3 +277,20 @@ def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model(
     with pytest.raises(TypeError, match="fullgraph"):
         compile_for_inference(model.eval(), fullgraph=1)  # type: ignore[arg-type]
     assert model.conv_1.block.conv.weight is weight and weight.is_contiguous()
+
+
+def test_compile_for_inference_passes_its_arguments_to_torch_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    model = MobileViTv2(0.5).eval()
+    compiled = compile_for_inference(model, dynamic=True, mode="max-autotune-no-cudagraphs", fullgraph=False)
+    assert calls == [
+        {
+            "fullgraph": False,
+            "dynamic": True,
+            "options": {"max_autotune": True, "coordinate_descent_tuning": True, "freezing": True},
+        }
+    ]
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))  # here "compiled" is the model itself

@@ -4,6 +4,7 @@ Transpose a single-axis move, CLI. AOTInductor packages: match PyTorch at any ba
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,26 @@ def test_a_model_on_the_meta_device_exports() -> None:
         model = MobileViT(mode="xxs").eval()
     program = export_program(model, dynamic=False, input_size=(64, 64))
     assert program.graph_signature.user_outputs
+
+
+def test_aoti_package_compiles_a_frozen_channels_last_copy_or_the_model_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[dict, list[torch.Tensor]]] = []
+
+    def record_package(program, package_path: str, inductor_configs: dict, **kwargs) -> str:
+        weights = [value for value in program.state_dict.values() if value.dim() == 4]
+        seen.append((inductor_configs, weights))
+        Path(package_path).write_bytes(b"package")
+        return package_path
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", record_package)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    export_aoti_package(model, tmp_path / "m.pt2", input_size=(8, 8))
+    configs, weights = seen[-1]
+    assert configs["freezing"] is True
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert model[0].weight.is_contiguous()  # the caller's model keeps its format
+    model.lock = threading.Lock()  # cannot be deep-copied: the model itself is compiled, unchanged
+    export_aoti_package(model, tmp_path / "m.pt2", input_size=(8, 8))
+    assert seen[-1][0]["freezing"] is True and model[0].weight.is_contiguous()

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_positive_int, check_probability
-from .layers import ConvLayer
-from .linear import Linear
+from .layers import ConvLayer, _runs_unobserved
+from .linear import project
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
 
@@ -53,19 +53,22 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_dropout = attn_dropout
-        self.qkv_proj = Linear(dim, 3 * dim)
-        self.out_proj = Linear(dim, dim)
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         # (B, N, 3 * heads, head_dim) -> (B, 3 * heads, N, head_dim), then [q | k | v] along the head axis: one
         # rank-4 transpose and a split of contiguous blocks (a rank-5 permute + unbind exports to a slower
         # Transpose/Split/Squeeze chain in ONNX Runtime).
-        qkv = self.qkv_proj(x).reshape(batch, tokens, 3 * self.num_heads, self.head_dim).transpose(1, 2)
+        # The projections go through visionkit.contrib.linear.project (oneDNN's product in CPU inference); TorchScript
+        # compiles only the plain calls.
+        qkv = self.qkv_proj(x) if torch.jit.is_scripting() else project(self.qkv_proj, x)
+        qkv = qkv.reshape(batch, tokens, 3 * self.num_heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=1)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).reshape(batch, tokens, dim)
+        return self.out_proj(out) if torch.jit.is_scripting() else project(self.out_proj, out)
 
 
 def _check_encoder_arguments(dim: int, ffn_dim: int, dropout: float, ffn_dropout: float) -> None:
@@ -115,16 +118,26 @@ class TransformerEncoder(nn.Module):
         )
         self.pre_norm_ffn = nn.Sequential(
             nn.LayerNorm(dim, eps=1e-5),
-            Linear(dim, ffn_dim),
+            nn.Linear(dim, ffn_dim),
             nn.SiLU(),
             nn.Dropout(ffn_dropout),
-            Linear(ffn_dim, dim),
+            nn.Linear(ffn_dim, dim),
             nn.Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pre_norm_mha(x)
-        return x + self.pre_norm_ffn(x)
+        if torch.jit.is_scripting():
+            return x + self.pre_norm_ffn(x)
+        return x + self._feed_forward(x)
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``pre_norm_ffn(x)``, with its two linears through :func:`~visionkit.contrib.linear.project`."""
+        ffn = self.pre_norm_ffn
+        if type(ffn) is not nn.Sequential or len(ffn) != 6 or not _runs_unobserved(ffn):
+            return ffn(x)  # a replaced or hooked container runs as itself
+        norm, expand, act, hidden_dropout, reduce, out_dropout = ffn
+        return out_dropout(project(reduce, hidden_dropout(act(project(expand, norm(x))))))
 
 
 class LinearSelfAttention(nn.Module):

@@ -30,6 +30,10 @@ def _frozen_parameters() -> Iterator[None]:
 class CompiledInference:
     """A model compiled by :func:`compile_for_inference`; call it as the model, without gradients.
 
+    It is a callable, not an ``nn.Module``: the compiled code holds the weights of its first call, so moving the
+    model, changing its mode or loading a state dict are done on :attr:`model`, followed by a new
+    :func:`compile_for_inference`.
+
     Attributes:
         model: the model that was compiled (its weights converted to channels-last memory format).
     """
@@ -59,13 +63,14 @@ def compile_for_inference(
       reordered once for oneDNN and BatchNorms folded at compile time;
     * the model's 4-D weights are converted to channels-last memory format (in place, as
       :meth:`~torch.nn.Module.to` does);
-    * with frozen parameters the transformer projections (:class:`~visionkit.contrib.linear.Linear`) are compiled to
+    * with frozen parameters the transformer projections (:func:`~visionkit.contrib.linear.project`) are compiled to
       oneDNN's matrix product rather than the BLAS one.
 
     Calls run without gradients (``torch.no_grad``). The compiled code holds the parameters as they were at the
     first call (and at any recompilation): changing the model's weights afterwards does not change its results,
-    so compile again after loading other weights. Fuse the model first (:meth:`~visionkit.contrib.MobileViTBackbone.fuse`) for the same graph without
-    BatchNorms. Compiling needs the C++ compiler that :func:`torch.compile` needs on CPU.
+    so compile again after loading other weights. Fuse the model first
+    (:meth:`~visionkit.contrib.MobileViTBackbone.fuse`) for the same graph without BatchNorms. Compiling needs the
+    C++ compiler that :func:`torch.compile` needs on CPU.
 
     Args:
         model: the model, in eval mode.
@@ -78,7 +83,8 @@ def compile_for_inference(
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or another argument has the wrong type.
-        ValueError: ``model`` is in training mode.
+        ValueError: ``model`` or one of its submodules is in training mode.
+        RuntimeError: ``mode`` is not a mode of :func:`torch.compile`.
 
     Example:
         >>> from visionkit.contrib import MobileViT, compile_for_inference
@@ -91,7 +97,19 @@ def compile_for_inference(
     check_type("dynamic", dynamic, (bool, type(None)))
     check_type("mode", mode, (str, type(None)))
     check_type("fullgraph", fullgraph, bool)
-    if model.training:
-        raise ValueError("compile_for_inference needs a model in eval mode (call model.eval() first), got training mode")
+    training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
+    if training:
+        listed = ", ".join(training[:3]) + (", ..." if len(training) > 3 else "")
+        raise ValueError(
+            f"compile_for_inference needs a model in eval mode: call model.eval() first (in training mode: {listed})"
+        )
+    # The "freezing" option does not turn freezing on by itself (dynamo reads the global flag, which every call sets),
+    # but it gives this compilation a backend of its own: a plain torch.compile of the same module never shares its
+    # cached graphs. torch.compile takes a mode or options, not both, so the mode's options are merged in (and an
+    # unknown mode raises here, before the model is touched).
+    from torch._inductor import list_mode_options
+
+    options = {**list_mode_options(mode or "default", dynamic), "freezing": True}
+    compiled = torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, options=options)
     model.to(memory_format=torch.channels_last)
-    return CompiledInference(model, torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, mode=mode))
+    return CompiledInference(model, compiled)

@@ -66,6 +66,16 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
     return torch.rand(batch, channels, *input_size, dtype=dtype, generator=generator).to(device)
 
 
+def _channels_last_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with channels-last weights, which compile to faster code; ``model`` itself where it cannot
+    be copied (e.g. the old ``weight_norm`` or a lock attribute), so that the caller's model is never changed."""
+    try:
+        copied = copy.deepcopy(model)
+    except Exception:  # deepcopy raises whatever an attribute's __deepcopy__ or __reduce__ raises
+        return model
+    return copied.to(memory_format=torch.channels_last)
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Run the block with every module of ``model`` in eval mode, then give each module back its own mode.
@@ -231,7 +241,8 @@ def export_aoti_package(
     The model is exported in eval mode with :func:`torch.export.export` (afterwards every module of it is back in
     the mode it was in) and compiled by ``torch._inductor.aoti_compile_and_package`` for the device and dtype of
     its parameters, with Inductor's freezing (weights reordered once for oneDNN, BatchNorms folded, oneDNN's matrix
-    product for the transformer projections) and channels-last weights (the model itself is left as it is). The
+    product for the transformer projections) and from a channels-last copy of the model (the model itself is left
+    as it is; a model that cannot be deep-copied is compiled as it is). The
     package holds the weights and a shared library; a call runs no dynamo guards and no Python between the kernels,
     as :func:`torch.compile`'s wrapper does. Compiling takes about 20-40 s per model on a
     2-core CPU and needs the C++ compiler that :func:`torch.compile` needs.
@@ -267,9 +278,8 @@ def export_aoti_package(
     batch = 2 if dynamic_batch else batch_size
     example = _example_input(model, batch, input_size)
     with _eval_mode(model):
-        # channels-last weights compile to faster code (on a copy: the caller's model keeps its memory format)
         program = torch.export.export(
-            copy.deepcopy(model).to(memory_format=torch.channels_last),
+            _channels_last_copy(model),
             (example,),
             dynamic_shapes=_dynamic_batch() if dynamic_batch else None,
             prefer_deferred_runtime_asserts_over_guards=True,
