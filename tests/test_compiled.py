@@ -247,6 +247,14 @@ def test_compile_for_inference_matches_the_model_and_restores_the_freezing_flag(
         assert any("mkldnn::_linear_pointwise" in name for name in names), "the projections were not frozen"
 
 
+    # fullgraph tracing reports a raise as "Observed exception"; the call gives the model's own error instead
+    with pytest.raises(ValueError, match="shape") as bad_shape:
+        compiled(torch.rand(1, 3, 64))
+    assert bad_shape.value.__cause__ is None and "Observed exception" not in str(bad_shape.value)
+    with pytest.raises(TypeError, match="floating-point"):
+        compiled(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    torch.testing.assert_close(compiled(x), expected, atol=1e-4, rtol=1e-4)
+
     def fail(*args: object) -> None:
         assert config.freezing is True
         raise RuntimeError("compilation failed")

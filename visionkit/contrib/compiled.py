@@ -30,9 +30,10 @@ def _frozen_parameters() -> Iterator[None]:
 class CompiledInference:
     """A model compiled by :func:`compile_for_inference`; call it as the model, without gradients.
 
-    It is a callable, not an ``nn.Module``: the compiled code holds the weights of its first call, so moving the
-    model, changing its mode or loading a state dict are done on :attr:`model`, followed by a new
-    :func:`compile_for_inference`.
+    An input the model rejects raises the model's own error (the model is run eagerly to get it: with
+    ``fullgraph=True`` dynamo reports any ``raise`` as an unsupported construct). It is a callable, not an
+    ``nn.Module``: the compiled code holds the weights of its first call, so moving the model, changing its mode or
+    loading a state dict are done on :attr:`model`, followed by a new :func:`compile_for_inference`.
 
     Attributes:
         model: the model that was compiled (its weights converted to channels-last memory format).
@@ -43,8 +44,18 @@ class CompiledInference:
         self._compiled = compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with torch.no_grad(), _frozen_parameters():
-            return self._compiled(*args, **kwargs)
+        with torch.no_grad():
+            try:
+                with _frozen_parameters():
+                    return self._compiled(*args, **kwargs)
+            except torch._dynamo.exc.Unsupported as unsupported:
+                # With fullgraph=True dynamo refuses to trace any ``raise``, so an input the model rejects surfaces
+                # as "Observed exception". The model run eagerly raises its own TypeError/ValueError instead.
+                try:
+                    self.model(*args, **kwargs)
+                except Exception as error:
+                    raise error from None
+                raise unsupported
 
     def __repr__(self) -> str:
         return f"CompiledInference({type(self.model).__name__})"
