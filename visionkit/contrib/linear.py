@@ -14,7 +14,6 @@ product.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import _runs_unobserved, is_recording
