@@ -274,7 +274,8 @@ def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model(
     with pytest.raises(ValueError, match=r"in training mode: layer_2, layer_2\.0"):
         compile_for_inference(model)
     model.eval()
-    with pytest.raises(RuntimeError, match="Unrecognized mode"):
+    modes = r"mode must be None or one of torch.compile's modes \[.*'max-autotune'.*\], got 'fastest'"
+    with pytest.raises(ValueError, match=modes):
         compile_for_inference(model, mode="fastest")
     with pytest.raises(TypeError, match="mode"):
         compile_for_inference(model, mode=1)  # type: ignore[arg-type]

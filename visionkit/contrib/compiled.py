@@ -94,8 +94,8 @@ def compile_for_inference(
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or another argument has the wrong type.
-        ValueError: ``model`` or one of its submodules is in training mode.
-        RuntimeError: ``mode`` is not a mode of :func:`torch.compile`.
+        ValueError: ``model`` or one of its submodules is in training mode, or ``mode`` is not a mode of
+            :func:`torch.compile`.
 
     Example:
         >>> from visionkit.contrib import MobileViT, compile_for_inference
@@ -120,6 +120,9 @@ def compile_for_inference(
     # unknown mode raises here, before the model is touched).
     from torch._inductor import list_mode_options
 
+    modes = list(list_mode_options())
+    if mode is not None and mode not in modes:
+        raise ValueError(f"mode must be None or one of torch.compile's modes {modes}, got {mode!r}")
     options = {**list_mode_options(mode or "default", dynamic), "freezing": True}
     compiled = torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, options=options)
     model.to(memory_format=torch.channels_last)
