@@ -469,6 +469,20 @@ def test_packed_weight_follows_changes_and_steps_aside_where_it_does_not_apply()
     assert out.requires_grad
 
 
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_an_input_with_the_wrong_channel_count_gets_the_convolution_message_and_packs_nothing(depthwise) -> None:
+    layer = ConvLayer(8, 8, 3, groups=8 if depthwise else 1).eval()
+    wrong = torch.rand(2, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        # the first call used to reorder the weight for the wrong input and fail inside oneDNN
+        with pytest.raises(RuntimeError, match="expected input.* to have 8 channels, but got 4"):
+            layer(wrong)
+        assert layer._folded_cache is None or layer._folded_cache.packed is None
+        x = torch.rand(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(layer(x), layer.block(x), rtol=1e-5, atol=1e-5)
+        assert layer._folded_cache.packed is not None
+
+
 def test_small_batch_one_convolutions_keep_the_native_kernel_that_f_conv2d_picks() -> None:
     torch.manual_seed(0)
     layer = _randomize(ConvLayer(128, 256, 1, norm=False)).eval()

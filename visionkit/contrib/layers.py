@@ -338,6 +338,7 @@ def _can_use_packed_weight(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tenso
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() == 4
+        and x.shape[1] == conv.in_channels  # others get F.conv2d's message, not oneDNN's reorder failure
         and x.device.type == "cpu"
         and x.is_contiguous(memory_format=torch.channels_last)
         and conv.padding_mode == "zeros"
