@@ -474,6 +474,24 @@ def test_progress_without_tqdm_names_what_to_install(monkeypatch):
     assert not model.training
 
 
+def test_make_loader_names_what_it_cannot_take_before_the_first_batch():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(range(4))
+
+    context = DistributedContext()
+    for dataset in (Stream(), 5, iter(range(4))):
+        with pytest.raises(TypeError, match="map-style dataset .* got " + type(dataset).__name__):
+            make_loader(dataset, 2, context, shuffle=False)
+    data = list(range(4))
+    with pytest.raises(TypeError, match="collate_fn must be None or a callable, got int"):
+        make_loader(data, 2, context, shuffle=False, collate_fn=3)
+    with pytest.raises(TypeError, match="drop_last"):
+        make_loader(data, 2, context, shuffle=False, drop_last="yes")
+    loader = make_loader(data, 2, context, shuffle=False, collate_fn=lambda samples: sum(samples))
+    assert list(loader) == [1, 5]
+
+
 def test_make_loader_takes_numpy_and_tensor_batch_sizes():
     import numpy as np
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .contrib._checks import check_choice, check_positive_int, check_type
@@ -298,14 +298,25 @@ def make_loader(
         collate_fn: builds a batch from a list of samples (e.g. to resize images on the fly).
 
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type: ``dataset`` is not map-style (an
+            :class:`~torch.utils.data.IterableDataset`, which orders its own samples, or an object without
+            ``__getitem__`` and ``__len__``), or ``collate_fn`` is not callable.
         ValueError: ``batch_size < 1`` or ``num_workers < 0``.
     """
+    if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise TypeError(
+            "make_loader needs a map-style dataset (with __getitem__ and __len__) to shuffle and shard, got "
+            f"{type(dataset).__name__}; an IterableDataset orders and splits its own samples, so build a DataLoader "
+            "for it directly (train_one_epoch takes any iterable of batches)"
+        )
     batch_size = check_positive_int("batch_size", batch_size)  # numpy and 0-d tensor ints become an int
     check_type("context", context, DistributedContext)
     check_type("shuffle", shuffle, bool)
     check_type("seed", seed, int)
+    check_type("drop_last", drop_last, bool)
     check_type("num_workers", num_workers, int)
+    if collate_fn is not None and not callable(collate_fn):
+        raise TypeError(f"collate_fn must be None or a callable, got {type(collate_fn).__name__} ({collate_fn!r})")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     sampler: Any
