@@ -299,7 +299,7 @@ def make_loader(
 
     Raises:
         TypeError: an argument has the wrong type: ``dataset`` is not map-style (an
-            :class:`~torch.utils.data.IterableDataset`, which orders its own samples, or an object without
+            ``torch.utils.data.IterableDataset``, which orders its own samples, or an object without
             ``__getitem__`` and ``__len__``), or ``collate_fn`` is not callable.
         ValueError: ``batch_size < 1`` or ``num_workers < 0``.
     """
