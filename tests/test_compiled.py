@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._inductor.utils import run_and_get_code
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -238,8 +239,11 @@ def test_compile_for_inference_matches_the_model_and_restores_the_freezing_flag(
     assert repr(compiled) == "CompiledInference(MobileViT)"
     assert model.conv_1.block.conv.weight.is_contiguous(memory_format=torch.channels_last)
     before = config.freezing
-    names = _profiled_operators(lambda: compiled(x))
+    codes: list[str] = []
+    names = _profiled_operators(lambda: codes.extend(run_and_get_code(compiled, x)[1]))
     assert config.freezing == before
+    # a CPU model runs from Inductor's C++ wrapper: one C++ entry point rather than a Python call per operation
+    assert len(codes) == 1 and "inductor_entry_impl" in codes[0]
     out = compiled(x)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     assert not out.requires_grad
@@ -285,6 +289,8 @@ def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model(
         compile_for_inference(model.eval(), dynamic="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="fullgraph"):
         compile_for_inference(model.eval(), fullgraph=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cpp_wrapper"):
+        compile_for_inference(model.eval(), cpp_wrapper="on")  # type: ignore[arg-type]
     assert model.conv_1.block.conv.weight is weight and weight.is_contiguous()
 
 
@@ -297,9 +303,20 @@ def test_compile_for_inference_passes_its_arguments_to_torch_compile(monkeypatch
         {
             "fullgraph": False,
             "dynamic": True,
-            "options": {"max_autotune": True, "coordinate_descent_tuning": True, "freezing": True},
+            "options": {
+                "max_autotune": True,
+                "coordinate_descent_tuning": True,
+                "freezing": True,
+                "cpp_wrapper": True,  # the model is on the CPU
+            },
         }
     ]
+    calls.clear()
+    compile_for_inference(model, cpp_wrapper=False)
+    assert calls[0]["options"] == {"freezing": True, "cpp_wrapper": False}
+    calls.clear()
+    compile_for_inference(MobileViTv2(0.5).to("meta").eval())  # not on the CPU: Inductor's own setting
+    assert calls[0]["options"] == {"freezing": True}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))  # here "compiled" is the model itself

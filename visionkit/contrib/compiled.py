@@ -62,11 +62,16 @@ class CompiledInference:
 
 
 def compile_for_inference(
-    model: nn.Module, *, dynamic: Optional[bool] = False, mode: Optional[str] = None, fullgraph: bool = True
+    model: nn.Module,
+    *,
+    dynamic: Optional[bool] = False,
+    mode: Optional[str] = None,
+    fullgraph: bool = True,
+    cpp_wrapper: Optional[bool] = None,
 ) -> CompiledInference:
     """Compile ``model`` with :func:`torch.compile` for inference, with its parameters frozen into the code.
 
-    Three things beyond a plain ``torch.compile(model)``, which together made batch-1 calls faster on the benchmark's
+    Four things beyond a plain ``torch.compile(model)``, which together made batch-1 calls faster on the benchmark's
     machine:
 
     * Inductor's freezing (``torch._inductor.config.freezing``, turned on around every call of the result, since
@@ -75,7 +80,9 @@ def compile_for_inference(
     * the model's 4-D weights are converted to channels-last memory format (in place, as
       :meth:`~torch.nn.Module.to` does);
     * with frozen parameters the transformer projections (:func:`~visionkit.contrib.linear.project`) are compiled to
-      oneDNN's matrix product rather than the BLAS one.
+      oneDNN's matrix product rather than the BLAS one;
+    * for a model on the CPU, Inductor's C++ wrapper (``torch._inductor.config.cpp_wrapper``): the compiled graph
+      calls its kernels and oneDNN operations from C++ rather than one Python call per operation.
 
     Calls run without gradients (``torch.no_grad``). The compiled code holds the parameters as they were at the
     first call (and at any recompilation): changing the model's weights afterwards does not change its results,
@@ -85,9 +92,14 @@ def compile_for_inference(
 
     Args:
         model: the model, in eval mode.
-        dynamic: passed to :func:`torch.compile`; ``False`` compiles for the exact input shape.
+        dynamic: passed to :func:`torch.compile`; ``False`` compiles for the exact input shape (and again for each
+            new shape). ``True`` is slow to compile with torch 2.13: for MobileViTv2 0.5 the first compilation had
+            not finished after 8 minutes, Inductor's C++ code generation simplifying the symbolic strides of the
+            downsampled sizes.
         mode: passed to :func:`torch.compile` (``None`` is its default mode).
         fullgraph: passed to :func:`torch.compile`; every visionkit backbone compiles as one graph.
+        cpp_wrapper: whether to use Inductor's C++ wrapper; ``None`` uses it when every parameter and buffer of
+            ``model`` is on the CPU (where it was measured) and otherwise leaves Inductor's own setting.
 
     Returns:
         The compiled model, called like ``model``; compilation happens at the first call.
@@ -108,6 +120,7 @@ def compile_for_inference(
     check_type("dynamic", dynamic, (bool, type(None)))
     check_type("mode", mode, (str, type(None)))
     check_type("fullgraph", fullgraph, bool)
+    check_type("cpp_wrapper", cpp_wrapper, (bool, type(None)))
     training = [name or type(model).__name__ for name, module in model.named_modules() if module.training]
     if training:
         listed = ", ".join(training[:3]) + (", ..." if len(training) > 3 else "")
@@ -124,6 +137,10 @@ def compile_for_inference(
     if mode is not None and mode not in modes:
         raise ValueError(f"mode must be None or one of torch.compile's modes {modes}, got {mode!r}")
     options = {**list_mode_options(mode or "default", dynamic), "freezing": True}
+    if cpp_wrapper is None and all(tensor.device.type == "cpu" for tensor in (*model.parameters(), *model.buffers())):
+        cpp_wrapper = True
+    if cpp_wrapper is not None:
+        options["cpp_wrapper"] = cpp_wrapper
     compiled = torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, options=options)
     model.to(memory_format=torch.channels_last)
     return CompiledInference(model, compiled)
