@@ -43,7 +43,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, heap kept ({heap}), batch 1, 256x256")
     print(f"{'variant':>16} {'python ms':>10} {'c++ ms':>8} {'ratio':>6} {'max diff':>9}")
     for name in args.variants:
-        torch.compiler.reset()  # every model compiles the same forward methods: keep under dynamo's recompile limit
+        torch.compiler.reset()  # drops the previous variant's compiled graphs
         torch.manual_seed(0)
         fused = build_variant(name).eval().fuse()
         x = torch.rand(1, 3, 256, 256)

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from visionkit.contrib import CompiledInference, MobileViT, MobileViTv2, compile_for_inference
 from visionkit.contrib.attention import TransformerEncoder
+from visionkit.contrib.layers import ConvLayer
 from visionkit.contrib.linear import project
 
 ONEDNN = pytest.mark.skipif(
@@ -269,6 +270,26 @@ def test_compile_for_inference_matches_the_model_and_restores_the_freezing_flag(
     assert config.freezing == before  # restored when the call raises
 
 
+def test_each_compiled_model_keeps_its_own_graphs_and_says_when_it_runs_out_of_shapes() -> None:
+    from torch._dynamo import config
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8)
+    with config.patch(recompile_limit=2):
+        # Compiling the modules themselves would count all three against the same forward: the third failed.
+        models = [ConvLayer(3, 4, 3).eval() for _ in range(3)]
+        for model in models:
+            compiled = compile_for_inference(model, cpp_wrapper=False)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+        compiled(torch.rand(1, 3, 9, 9))  # a second shape for the last model: its second graph
+        limit = r"holds graphs for torch._dynamo.config.recompile_limit = 2 input shapes .* \[\(2, 3, 8, 8\)\]"
+        with pytest.raises(RuntimeError, match=limit):
+            compiled(torch.rand(2, 3, 8, 8))
+        torch.testing.assert_close(compiled(x), models[-1](x).detach(), atol=1e-5, rtol=1e-5)  # its graphs still run
+
+
 def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model() -> None:
     model = MobileViTv2(0.5)
     weight = model.conv_1.block.conv.weight
@@ -319,4 +340,4 @@ def test_compile_for_inference_passes_its_arguments_to_torch_compile(monkeypatch
     assert calls[0]["options"] == {"freezing": True}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), model(x))  # here "compiled" is the model itself
+        torch.testing.assert_close(compiled(x), model(x))  # torch.compile is stubbed: the entry point calls the model

@@ -382,8 +382,7 @@ def _runners(
     add("vk_fused", lambda: lambda: fused(x))
 
     def compiled() -> Callable[[], Any]:
-        # Every variant and batch compiles the same forward methods again; without a reset dynamo's recompile
-        # limit (8 per code object) refuses the later ones.
+        # Each compile_for_inference keeps its own graphs; the reset drops those of the previous variants and batches.
         torch.compiler.reset()
         model = compile_for_inference(copy.deepcopy(fused), mode=args.compile_mode)
         return lambda: model(x)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from typing import Any, Optional
 
 import torch
@@ -27,11 +28,30 @@ def _frozen_parameters() -> Iterator[None]:
         config.freezing = previous
 
 
+def _own_entry_point(model: nn.Module) -> Callable[..., Any]:
+    """A function that calls ``model``, with a code object of its own for :func:`torch.compile` to start from.
+
+    Dynamo keeps its compiled graphs, and counts recompilations against ``torch._dynamo.config.recompile_limit``,
+    per code object of the frame it starts tracing at. A compiled module starts at its class's ``forward``, which
+    every model of the class shares, so with ``fullgraph=True`` the ninth model compiled in a process (or the ninth
+    input shape over all of them) failed. A copy of the code object per compilation gives each compiled model its own
+    graphs and its own limit.
+    """
+
+    def call_model(*args: Any, **kwargs: Any) -> Any:
+        return model(*args, **kwargs)
+
+    code = call_model.__code__.replace()
+    return types.FunctionType(code, call_model.__globals__, call_model.__name__, None, call_model.__closure__)
+
+
 class CompiledInference:
     """A model compiled by :func:`compile_for_inference`; call it as the model, without gradients.
 
     An input the model rejects raises the model's own error (the model is run eagerly to get it: with
-    ``fullgraph=True`` dynamo reports any ``raise`` as an unsupported construct). It is a callable, not an
+    ``fullgraph=True`` dynamo reports any ``raise`` as an unsupported construct). Each compiled model keeps its own
+    compiled graphs: with ``dynamic=False`` one per input shape, up to ``torch._dynamo.config.recompile_limit``
+    shapes (8 by default), past which a call raises a ``RuntimeError`` that says so. It is a callable, not an
     ``nn.Module``: the compiled code holds the weights of its first call, so moving the model, changing its mode or
     loading a state dict are done on :attr:`model`, followed by a new :func:`compile_for_inference`.
 
@@ -56,6 +76,13 @@ class CompiledInference:
                 except Exception as error:
                     raise error from None
                 raise unsupported
+            except torch._dynamo.exc.FailOnRecompileLimitHit as limit:
+                shapes = [tuple(arg.shape) for arg in args if isinstance(arg, torch.Tensor)]
+                raise RuntimeError(
+                    f"this compiled model already holds graphs for torch._dynamo.config.recompile_limit = "
+                    f"{torch._dynamo.config.recompile_limit} input shapes and would need another for {shapes}: "
+                    "bring inputs to fewer sizes (resize or pad them) or raise that limit"
+                ) from limit
 
     def __repr__(self) -> str:
         return f"CompiledInference({type(self.model).__name__})"
@@ -141,6 +168,6 @@ def compile_for_inference(
         cpp_wrapper = True
     if cpp_wrapper is not None:
         options["cpp_wrapper"] = cpp_wrapper
-    compiled = torch.compile(model, fullgraph=fullgraph, dynamic=dynamic, options=options)
+    compiled = torch.compile(_own_entry_point(model), fullgraph=fullgraph, dynamic=dynamic, options=options)
     model.to(memory_format=torch.channels_last)
     return CompiledInference(model, compiled)
