@@ -14,7 +14,7 @@ Implementations (``--impls``):
 
 * ``vk_eager``: the visionkit backbone as built; ``vk_fused``: after :meth:`MobileViTBackbone.fuse`;
   ``vk_compiled``: fused, then :func:`compile_for_inference` (``torch.compile(fullgraph=True)`` with frozen
-  parameters and channels-last weights); ``vk_aoti``: fused, compiled ahead of time by
+  parameters, channels-last weights and, on the CPU, Inductor's C++ wrapper); ``vk_aoti``: fused, compiled ahead of time by
   :func:`export_aoti_package` (static shape) and run from the package; ``vk_onnx``: :func:`export_onnx` (static)
   run by ONNX Runtime;
 * ``hf_eager``: ``transformers.MobileViTModel`` / ``MobileViTV2Model`` configured to the same architecture
