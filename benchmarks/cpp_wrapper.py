@@ -4,7 +4,7 @@ Every variant of the benchmark is fused and compiled twice, with ``cpp_wrapper=T
 and the two run in this process, interleaved round by round, at batch 1 and 256x256 (where per-operation overhead
 weighs most). The table gives the median time per call, the ratio C++ / Python and the largest difference between
 the two outputs. ``compile_for_inference`` uses the C++ wrapper for CPU models because of what this script showed on
-the machine we measured; run it on yours. Compiling takes about 25 s per variant.
+the machine we measured; run it on yours. The two compilations took about 25 s for MobileViT-XXS.
 
     python benchmarks/cpp_wrapper.py [--rounds 15] [--threads 2] [--variants mobilevit_xxs ...]
 """
