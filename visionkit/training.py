@@ -298,7 +298,7 @@ def make_loader(
         collate_fn: builds a batch from a list of samples (e.g. to resize images on the fly).
 
     Raises:
-        TypeError: an argument has the wrong type: ``dataset`` is not map-style (an
+        TypeError: an argument has the wrong type: ``dataset`` is not map-style (a
             ``torch.utils.data.IterableDataset``, which orders its own samples, or an object without
             ``__getitem__`` and ``__len__``), or ``collate_fn`` is not callable.
         ValueError: ``batch_size < 1`` or ``num_workers < 0``.
