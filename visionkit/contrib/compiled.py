@@ -51,7 +51,8 @@ class CompiledInference:
     An input the model rejects raises the model's own error (the model is run eagerly to get it: with
     ``fullgraph=True`` dynamo reports any ``raise`` as an unsupported construct). Each compiled model keeps its own
     compiled graphs: with ``dynamic=False`` one per input shape, up to ``torch._dynamo.config.recompile_limit``
-    shapes (8 by default), past which a call raises a ``RuntimeError`` that says so. It is a callable, not an
+    shapes (8 by default). Past them, a call raises a ``RuntimeError`` that says so (with the default
+    ``fullgraph=True``; with ``fullgraph=False`` dynamo warns and runs the model eagerly). It is a callable, not an
     ``nn.Module``: the compiled code holds the weights of its first call, so moving the model, changing its mode or
     loading a state dict are done on :attr:`model`, followed by a new :func:`compile_for_inference`.
 
@@ -123,7 +124,9 @@ def compile_for_inference(
             new shape). ``True`` is slow to compile with torch 2.13: for MobileViTv2 0.5 the first compilation had
             not finished after 8 minutes, Inductor's C++ code generation simplifying the symbolic strides of the
             downsampled sizes.
-        mode: passed to :func:`torch.compile` (``None`` is its default mode).
+        mode: a :func:`torch.compile` mode (``None`` is its default mode); its Inductor options
+            (``torch._inductor.list_mode_options``) are merged with freezing into ``torch.compile``'s ``options``,
+            since it takes a mode or options, not both.
         fullgraph: passed to :func:`torch.compile`; every visionkit backbone compiles as one graph.
         cpp_wrapper: whether to use Inductor's C++ wrapper; ``None`` uses it when every parameter and buffer of
             ``model`` is on the CPU (where it was measured) and otherwise leaves Inductor's own setting.
