@@ -256,13 +256,18 @@ def test_linear_backends_script_times_both_products_and_compares_their_results(
         assert diff < 1e-3
 
 
-def test_cpp_wrapper_script_times_both_wrappers_and_compares_their_outputs(capsys: pytest.CaptureFixture[str]) -> None:
-    script = _benchmark_script("cpp_wrapper")
-    script.main(["--variants", "mobilevitv2_050", "--rounds", "1", "--calls", "1"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(" ") and "ms" not in line]
+@pytest.mark.parametrize("option", ["cpp_wrapper", "model_guards"])
+def test_compile_options_script_times_both_settings_and_compares_their_outputs(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = _benchmark_script("compile_options")
+    script.main(["--option", option, "--variants", "mobilevitv2_050", "--rounds", "1", "--calls", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert f"option {option}:" in lines[1]
+    rows = [line.split() for line in lines if line.startswith(" ") and "ms" not in line]
     assert [row[0] for row in rows] == ["mobilevitv2_050"]
-    python_ms, cpp_ms, ratio, diff = (float(value) for value in rows[0][1:])
-    assert python_ms > 0 and cpp_ms > 0 and ratio == pytest.approx(cpp_ms / python_ms, abs=0.01)
+    off_ms, on_ms, ratio, diff = (float(value) for value in rows[0][1:])
+    assert off_ms > 0 and on_ms > 0 and ratio == pytest.approx(on_ms / off_ms, abs=0.01)
     assert diff < 1e-4
 
 

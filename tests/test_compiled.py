@@ -290,6 +290,37 @@ def test_each_compiled_model_keeps_its_own_graphs_and_says_when_it_runs_out_of_s
         torch.testing.assert_close(compiled(x), models[-1](x).detach(), atol=1e-5, rtol=1e-5)  # its graphs still run
 
 
+class _Scaled(nn.Module):
+    """A module whose forward reads a plain attribute: what dynamo's guards on modules watch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = ConvLayer(3, 4, 3)
+        self.scale = 2.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale
+
+
+def test_compiled_model_is_a_snapshot_unless_model_guards_are_kept() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 8, 8)
+    for model_guards in (False, True):
+        model = _Scaled().eval()
+        compiled = compile_for_inference(model, cpp_wrapper=False, model_guards=model_guards)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+            model.scale = 3.0
+            followed = model(x)
+            snapshot = followed * 2 / 3
+        # without guards on the module the graph compiled at scale 2 keeps running; with them, dynamo recompiles
+        torch.testing.assert_close(compiled(x), followed if model_guards else snapshot, atol=1e-5, rtol=1e-5)
+        x2 = torch.rand(1, 3, 9, 9)  # the input guards stay: a new shape still compiles its own graph
+        with torch.no_grad():
+            assert compiled(x2).shape == model(x2).shape == (1, 4, 9, 9)
+
+
 def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model() -> None:
     model = MobileViTv2(0.5)
     weight = model.conv_1.block.conv.weight
@@ -312,6 +343,8 @@ def test_compile_for_inference_refuses_bad_arguments_without_changing_the_model(
         compile_for_inference(model.eval(), fullgraph=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cpp_wrapper"):
         compile_for_inference(model.eval(), cpp_wrapper="on")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model_guards"):
+        compile_for_inference(model.eval(), model_guards=None)  # type: ignore[arg-type]
     assert model.conv_1.block.conv.weight is weight and weight.is_contiguous()
 
 
@@ -329,14 +362,15 @@ def test_compile_for_inference_passes_its_arguments_to_torch_compile(monkeypatch
                 "coordinate_descent_tuning": True,
                 "freezing": True,
                 "cpp_wrapper": True,  # the model is on the CPU
+                "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
             },
         }
     ]
     calls.clear()
-    compile_for_inference(model, cpp_wrapper=False)
+    compile_for_inference(model, cpp_wrapper=False, model_guards=True)
     assert calls[0]["options"] == {"freezing": True, "cpp_wrapper": False}
     calls.clear()
-    compile_for_inference(MobileViTv2(0.5).to("meta").eval())  # not on the CPU: Inductor's own setting
+    compile_for_inference(MobileViTv2(0.5).to("meta").eval(), model_guards=True)  # not on the CPU: Inductor's own
     assert calls[0]["options"] == {"freezing": True}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

@@ -1,0 +1,78 @@
+"""Time one option of :func:`~visionkit.contrib.compile_for_inference` turned on against turned off.
+
+Every variant of the benchmark is fused and compiled twice, with ``OPTION=False`` and ``OPTION=True``, and the two
+run in this process, interleaved round by round, at batch 1 and 256x256 (where per-call overhead weighs most). The
+table gives the median time per call, the ratio True / False and the largest difference between the two outputs.
+The options:
+
+* ``cpp_wrapper``: Inductor's C++ wrapper against its Python wrapper. ``compile_for_inference`` uses the C++
+  wrapper for CPU models because of what this script showed on the machine we measured;
+* ``model_guards``: dynamo's guards on the model's modules kept (checked at every call) against dropped, which is
+  ``compile_for_inference``'s default.
+
+Run it on your machine. The two compilations took about 25 s for MobileViT-XXS.
+
+    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards] [--rounds 15] [--threads 2]
+        [--variants mobilevit_xxs ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Any, Callable, Optional
+
+import torch
+
+from visionkit.contrib import compile_for_inference
+from visionkit.contrib.benchmark import DEFAULT_VARIANTS, retain_freed_memory
+from visionkit.contrib.variants import build_variant
+
+OPTIONS = ("cpp_wrapper", "model_guards")
+
+
+def _per_call_ms(fn: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--option", choices=OPTIONS, default="cpp_wrapper")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per setting and round")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
+    args = parser.parse_args(argv)
+    heap = retain_freed_memory()  # as the heap-kept benchmark report: no page faults from returned memory
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, heap kept ({heap}), batch 1, 256x256")
+    print(f"option {args.option}: median ms per call over {args.rounds} interleaved rounds")
+    print(f"{'variant':>16} {'False ms':>9} {'True ms':>8} {'ratio':>6} {'max diff':>9}")
+    for name in args.variants:
+        torch.compiler.reset()  # drops the previous variant's compiled graphs
+        torch.manual_seed(0)
+        fused = build_variant(name).eval().fuse()
+        x = torch.rand(1, 3, 256, 256)
+        runs = {
+            setting: compile_for_inference(copy.deepcopy(fused), **{args.option: setting})
+            for setting in (False, True)
+        }
+        outputs = {setting: run(x) for setting, run in runs.items()}  # compiles
+        diff = max((a - b).abs().max().item() for a, b in zip(outputs[False], outputs[True]))
+        times: dict[bool, list[float]] = {setting: [] for setting in runs}
+        for run in runs.values():
+            _per_call_ms(lambda run=run: run(x), 3)  # warm-up
+        for _ in range(args.rounds):
+            for setting, run in runs.items():
+                times[setting].append(_per_call_ms(lambda run=run: run(x), args.calls))
+        off_ms, on_ms = (statistics.median(times[setting]) for setting in (False, True))
+        print(f"{name:>16} {off_ms:9.2f} {on_ms:8.2f} {on_ms / off_ms:6.2f} {diff:9.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
