@@ -43,15 +43,13 @@ def _moves_one_axis(perm: list[int]) -> bool:
     return any(perm[:i] + perm[i + 1 :] == sorted(perm[:i] + perm[i + 1 :]) for i in range(len(perm)))
 
 
-@pytest.mark.parametrize(
-    ("build", "opset"),
-    [(lambda: MobileViT("xxs"), 18), (lambda: MobileViTv2(0.5), 17)],
-    ids=["v1_xxs_opset18", "v2_050_opset17"],
-)
+@pytest.mark.parametrize("opset", [17, 18])
+@pytest.mark.parametrize(("build"), [lambda: MobileViT("xxs"), lambda: MobileViTv2(0.5)], ids=["v1_xxs", "v2_050"])
 def test_dynamic_onnx_matches_pytorch_at_several_sizes(build, opset: int, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build().eval()
     path = Path(export_onnx(model, tmp_path / "model.onnx", opset=opset, dynamic=True))
+    onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path)).graph
     assert onnx.load(str(path)).opset_import[0].version == opset
     dims = [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (graph.input[0], graph.output[0])]
@@ -65,6 +63,39 @@ def test_dynamic_onnx_matches_pytorch_at_several_sizes(build, opset: int, tmp_pa
         actual = _run_onnx(path, x)
         assert actual.shape == expected.shape
         np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_v3_on_v1_exports_at_opset_17(tmp_path: Path) -> None:
+    # MobileViT v1's attention splits q, k and v with explicit sizes: an even split exported as a Split with
+    # num_outputs, which the conversion from opset 18 kept, and ONNX Runtime refused the opset-17 file.
+    torch.manual_seed(0)
+    model = MobileViTv3("xxs").eval()
+    path = Path(export_onnx(model, tmp_path / "v3.onnx", opset=17))
+    onnx.checker.check_model(str(path), full_check=True)
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(_run_onnx(path, x), expected, atol=1e-4, rtol=1e-4)
+
+
+class _EvenSplit(nn.Module):
+    """A user's module whose even ``chunk`` the conversion to opset 17 leaves invalid (see the test below)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.reshape(x.shape[0], 2, -1).chunk(2, dim=1)  # (B, 3, H, W) has no even split of its channels
+        return a * b
+
+
+def test_export_onnx_writes_nothing_that_onnx_rejects(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(ValueError, match="not valid ONNX at opset 17: .*num_outputs.*opset 18"):
+        export_onnx(_EvenSplit().eval(), path, opset=17, input_size=(8, 8))
+    assert path.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    export_onnx(_EvenSplit().eval(), path, opset=18, input_size=(8, 8))
+    x = torch.rand(1, 3, 8, 8)
+    np.testing.assert_allclose(_run_onnx(path, x), _EvenSplit()(x).numpy(), rtol=1e-6)
 
 
 def _saved_model_with_statistics(model: nn.Module, folder: Path) -> Path:

@@ -60,12 +60,14 @@ class MultiHeadAttention(nn.Module):
         batch, tokens, dim = x.shape
         # (B, N, 3 * heads, head_dim) -> (B, 3 * heads, N, head_dim), then [q | k | v] along the head axis: one
         # rank-4 transpose and a split of contiguous blocks (a rank-5 permute + unbind exports to a slower
-        # Transpose/Split/Squeeze chain in ONNX Runtime).
+        # Transpose/Split/Squeeze chain in ONNX Runtime). The split sizes are explicit: an even split (chunk) exports
+        # as a Split with ``num_outputs``, an opset-18 attribute that the conversion to opset 17 keeps, and the file
+        # is then invalid.
         # The projections go through visionkit.contrib.linear.project (oneDNN's product in CPU inference); TorchScript
         # compiles only the plain calls.
         qkv = self.qkv_proj(x) if torch.jit.is_scripting() else project(self.qkv_proj, x)
         qkv = qkv.reshape(batch, tokens, 3 * self.num_heads, self.head_dim).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=1)
+        q, k, v = qkv.split([self.num_heads] * 3, dim=1)
         dropout_p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).reshape(batch, tokens, dim)
         return self.out_proj(out) if torch.jit.is_scripting() else project(self.out_proj, out)

@@ -157,6 +157,23 @@ def export_program(
     )
 
 
+def _check_onnx_model(model_proto: Any, opset: int) -> None:
+    """Refuse a graph that onnx's checker rejects, before anything is written.
+
+    PyTorch's exporter writes opset 18 and converts the graph down for an older opset; the conversion can leave an
+    operator in a form that opset does not have (an evenly split ``Split`` keeps its opset-18 ``num_outputs``
+    attribute, for one), and ONNX Runtime then refuses to load the file.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(model_proto)
+    except onnx.checker.ValidationError as error:
+        reason = str(error).strip().splitlines()[0]
+        advice = "; opset 18 (the exporter's own) may work" if opset < 18 else ""
+        raise ValueError(f"the exported graph is not valid ONNX at opset {opset}: {reason}{advice}") from None
+
+
 def export_onnx(
     model: nn.Module,
     path: Union[str, os.PathLike],
@@ -187,9 +204,10 @@ def export_onnx(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``opset`` below 17 or above the installed onnx's newest, an invalid ``input_size``, or
+        ValueError: ``opset`` below 17 or above the installed onnx's newest, an invalid ``input_size``,
             ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead` exports with fixed height
-            and width only).
+            and width only), or a graph that onnx's checker rejects (nothing is written then; the conversion to an
+            opset below 18 can leave an operator in a form the older opset lacks).
         FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)
@@ -223,6 +241,7 @@ def export_onnx(
         if dynamic:  # the graph names its axes as the tracer's symbols (s77, s53, ...) unless told otherwise
             images = onnx_program.model.graph.inputs[0].shape
             onnx_program.rename_axes({images[0]: "batch", images[2]: "height", images[3]: "width"})
+    _check_onnx_model(onnx_program.model_proto, opset)
     with replaced_on_success(path) as partial:  # a failed write leaves an earlier export whole
         onnx_program.save(partial)
     return path
