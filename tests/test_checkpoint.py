@@ -143,6 +143,38 @@ def test_backbone_found_inside_a_wrapper() -> None:
     torch.testing.assert_close(out, blob["outputs"]["logits_256"], atol=1e-4, rtol=1e-4)
 
 
+def test_layers_without_official_keys_are_missing_on_load_and_refused_on_save(tmp_path: pathlib.Path) -> None:
+    # A plain nn.Linear classifier: no cvnets, timm or Hugging Face file has weights for it. A strict load used to
+    # report complete and leave it random, and saving in an official layout dropped it.
+    torch.manual_seed(0)
+    official = convert_state_dict(nn.Sequential(MobileViT(mode="xxs"), ClassificationHead(320, 1000)))
+    model = nn.Sequential(MobileViT(mode="xxs"), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(320, 1000))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"2 missing keys: 3\.weight, 3\.bias(.|\n)*neither the backbone nor a head"):
+        load_checkpoint(model, official)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    report = load_checkpoint(model, official, strict=False)
+    assert report.missing == ("3.weight", "3.bias") and not report.complete
+    for layout in ("cvnets", "timm", "hf"):
+        with pytest.raises(ValueError, match=r"3\.weight, 3\.bias; the .* layout has no keys for them"):
+            save_checkpoint(model, tmp_path / f"{layout}.pt", layout)
+    assert not list(tmp_path.iterdir())
+    assert save_checkpoint(model, tmp_path / "own.pt", "visionkit") == len(model.state_dict())
+    copy = nn.Sequential(MobileViT(mode="xxs"), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(320, 1000))
+    assert load_checkpoint(copy, tmp_path / "own.pt").complete
+    assert torch.equal(copy[3].weight, model[3].weight)
+
+
+def test_two_heads_of_one_kind_are_refused_in_official_layouts() -> None:
+    model = nn.ModuleDict(
+        {"backbone": MobileViT(mode="xxs"), "fine": ClassificationHead(320, 10), "coarse": ClassificationHead(320, 4)}
+    )
+    for layout in ("cvnets", "timm", "hf"):
+        with pytest.raises(ValueError, match="'fine.fc.weight' and 'coarse.fc.weight' both take the official key"):
+            convert_state_dict(model, layout)
+    assert len(convert_state_dict(model, "visionkit")) == len(model.state_dict())
+
+
 def test_nested_containers_and_ddp_prefix_are_unwrapped() -> None:
     state = official_state("v1_xxs")
     wrapped = {"epoch": 3, "model": {"module." + k: v for k, v in state.items()}}

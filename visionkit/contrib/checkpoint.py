@@ -383,8 +383,25 @@ def _official_keys(target: _Target) -> dict[str, str]:
     out = {k: target.backbone_prefix + k for k in target.backbone.state_dict()}
     for name, head in target.heads:
         for key in head.state_dict():
-            out[_export_head_key(head, key, target.family)] = f"{name}.{key}" if name else key
+            model_key = f"{name}.{key}" if name else key
+            official = _export_head_key(head, key, target.family)
+            if official in out:
+                raise ValueCheckError(
+                    f"{out[official]!r} and {model_key!r} both take the official key {official!r}: an official "
+                    "layout holds one head of each kind, so one of them would be lost; save with layout='visionkit', "
+                    "which keeps every tensor, or save the heads separately"
+                )
+            out[official] = model_key
     return out
+
+
+def _uncovered_keys(target: _Target) -> list[str]:
+    """State-dict keys of the model outside its backbone and the heads that have official keys (a plain
+    ``nn.Linear`` classifier, for one): the cvnets, timm and Hugging Face layouts have no keys for them."""
+    if not target.backbone_prefix:  # the model is the backbone
+        return []
+    inside = [target.backbone_prefix[:-1], *(name for name, _ in target.heads)]
+    return [key for key in target.model.state_dict() if not any(_within(key, name) for name in inside)]
 
 
 # --------------------------------------------------------------------------------------------- layouts
@@ -588,6 +605,7 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
             model_key = f"{name}.{key}" if name else key
             if model_key not in plan.tensors:
                 plan.missing.append(model_key)
+    plan.missing.extend(_uncovered_keys(target))  # nothing in an official file is for them
     return plan
 
 
@@ -729,6 +747,13 @@ def _failure_message(target: _Target, plan: _Plan, source: str, state: StateDict
             "the checkpoint has no weights for the model's head: load it into the backbone alone "
             "(visionkit convert: --num-classes 0)"
         )
+    uncovered = _uncovered_keys(target) if source != "visionkit" else []
+    if uncovered:
+        lines.append(
+            f"{_preview(uncovered, 3)} belong to neither the backbone nor a head with official keys (visionkit's "
+            f"ClassificationHead, DeepLabV3Head, SSDLiteHead), so no {source} checkpoint has them: use those heads, "
+            "or load the backbone alone and those layers separately"
+        )
     if plan.missing and all("conv_1x1_exp." in k for k in plan.missing):
         lines.append(
             "official detection/segmentation backbones have no conv_1x1_exp: build with expand_output=False "
@@ -763,8 +788,10 @@ def load_checkpoint(
         source: ``"cvnets"`` (official; ``encoder.``-prefixed detection/segmentation files too), ``"timm"``,
             ``"hf"`` (``MobileViT*`` / ``MobileViTV2*``, v1 q/k/v split by rows), ``"visionkit"`` (this model's own
             keys), or ``"auto"`` to detect from sentinel keys (the report says which was found).
-        strict: raise on any missing, unexpected or mismatched tensor. ``False`` loads what fits and lists the rest
-            in the report; it is only ever the caller's choice.
+        strict: raise on any missing, unexpected or mismatched tensor. From a cvnets, timm or Hugging Face file,
+            the model's layers outside the backbone and visionkit's heads (a plain ``nn.Linear``) count as missing:
+            those files have no keys for them. ``False`` loads what fits and lists the rest in the report; it is
+            only ever the caller's choice.
         sha256: expected SHA-256 of the file (downloaded or local).
         progress: show a download progress bar.
 
@@ -849,7 +876,9 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
         TypeError: ``model`` holds no MobileViT backbone.
         ValueError: unknown layout, a head that has no key in that layout (timm has no segmentation head,
             neither timm nor Hugging Face a detection head), a MobileViTv3 model in the timm or hf layout (neither
-            library has v3), or a fused model in an official layout.
+            library has v3), a fused model in an official layout, or, in an official layout, tensors it has no
+            keys for: layers outside the backbone and visionkit's heads (a plain ``nn.Linear``), or two heads of
+            the same kind.
 
     Example:
         >>> from visionkit.contrib import MobileViT
@@ -875,6 +904,14 @@ def convert_state_dict(model: nn.Module, layout: str = "cvnets") -> StateDict:
             f"this model was fused (fuse() / fuse_batchnorm): its BatchNorms live in convolution biases such as "
             f"{folded[0]!r}, which the official {layout} layout cannot hold; save it with layout='visionkit' "
             "(visionkit loads that back into a fused model), or save the model before fusing"
+        )
+    uncovered = _uncovered_keys(target)
+    if uncovered:
+        raise ValueCheckError(
+            f"{len(uncovered)} tensors of the model belong to neither its backbone nor a head with official keys "
+            f"(visionkit's ClassificationHead, DeepLabV3Head, SSDLiteHead): {_preview(uncovered, 4)}; the {layout} "
+            "layout has no keys for them, and they would be left out: save with layout='visionkit', which keeps "
+            "every tensor"
         )
     official = _official_keys(target)
     encoder = layout == "cvnets" and any(
