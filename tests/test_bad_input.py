@@ -268,8 +268,8 @@ def test_anchor_and_box_helpers_check_their_inputs() -> None:
         SSDLitePostProcess()(torch.zeros(1, len(anchors), 4), logits, anchors, (64, 64))
 
 
-def test_segmentation_head_and_attention_check_their_arguments_and_inputs() -> None:
-    from visionkit.contrib import DeepLabV3Head
+def test_segmentation_and_detection_heads_and_attention_check_their_arguments_and_inputs() -> None:
+    from visionkit.contrib import DeepLabV3Head, SSDLiteHead
     from visionkit.contrib.attention import MultiHeadAttention
 
     for bad in (float("nan"), float("inf"), 0.0):
@@ -277,6 +277,14 @@ def test_segmentation_head_and_attention_check_their_arguments_and_inputs() -> N
             DeepLabV3Head(80, 21, scale_factor=bad)
     with pytest.raises(TypeError, match="the input has dtype torch.float64 but the model has dtype torch.float32"):
         DeepLabV3Head(80, 21)(torch.rand(1, 80, 8, 8, dtype=torch.float64))
+    detection_head = SSDLiteHead((64, 80), num_classes=5).eval()
+    maps = [torch.rand(1, 64, 8, 8), torch.rand(1, 80, 4, 4)]
+    with pytest.raises(TypeError, match="the input has dtype torch.float64 but the model has dtype torch.float32"):
+        detection_head([m.double() for m in maps])
+    with pytest.raises(ValueError, match="the input is on meta but the model is on cpu"):
+        detection_head([m.to("meta") for m in maps])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert detection_head([m.bfloat16() for m in maps])[1].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="num_heads must be a positive integer, got 0"):
         MultiHeadAttention(64, 0)
     with pytest.raises(ValueError, match=r"attn_dropout must be in \[0, 1\), got 1.5"):
@@ -390,6 +398,14 @@ def test_a_batch_of_one_that_batchnorm_cannot_train_on_changes_no_statistics() -
     with pytest.raises(ValueError, match="needs a batch of at least 2: its image-pooling branch.*SegmentationModel "
                        "checks before its backbone runs"):
         DeepLabV3Head(80, 21).train()(torch.rand(1, 80, 8, 8))
+    # The detection head alone checks its pyramid before any of its layers runs (the second extra level is 1x1).
+    head = SSDLiteHead((192, 256), num_classes=3).train()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    with pytest.raises(ValueError, match=r"needs a batch of at least 2 for these maps: level 3 .* \(4, 4\) and "
+                       r"\(3, 3\).*SSDLite puts them back"):
+        head([torch.rand(1, 192, 4, 4), torch.rand(1, 256, 3, 3)])
+    assert all(torch.equal(before[k], v) for k, v in head.state_dict().items())
+    head([torch.rand(1, 192, 20, 20), torch.rand(1, 256, 10, 10)])  # no 1x1 level: a batch of one trains
     models["v1 backbone"](torch.rand(2, 3, 32, 32))  # two values per channel are enough
 
 

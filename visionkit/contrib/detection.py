@@ -23,11 +23,11 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_image, check_positive_int, check_type
+from ._checks import check_image, check_positive_int, check_same_place, check_type
 from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
 from .boxes import SSDLitePostProcess
 from .features import FeatureExtractor
-from .layers import ConvLayer, batchnorm_statistics_restored_on_error
+from .layers import ConvLayer, batchnorm_statistics_restored_on_error, is_recording
 
 __all__ = ["SSD_PROJ_CHANNELS", "SSDLite", "SSDLiteHead", "SeparableConv"]
 
@@ -250,19 +250,42 @@ class SSDLiteHead(nn.Module):
                 f"SSDLiteHead expects {_NUM_BACKBONE_LEVELS} feature maps (strides 16 and 32), got {len(features)}",
                 actual_value=len(features),
             )
+        weight = next(self.parameters())
         for feature, channels in zip(features, self.in_channels):
             check_image(feature, channels)
+            check_same_place(feature, weight)
         if features[0].shape[0] != features[1].shape[0]:
             raise ValueCheckError(
                 f"the two feature maps must have the same batch size, got {features[0].shape[0]} and "
                 f"{features[1].shape[0]}"
             )
+        if features[0].shape[0] == 1 and not is_recording():
+            self._check_single_values(features)
         levels = list(features)
         x = levels[-1]
         for layer in self.extra_layers.values():
             x = layer(x)
             levels.append(x)
         return levels
+
+    def _check_single_values(self, features: Sequence[torch.Tensor]) -> None:
+        """Refuse a batch of one whose 1x1 levels would reach a training BatchNorm, before any layer runs (it
+        would fail only after the layers before it had updated their running statistics)."""
+        extra = list(self.extra_layers.values())
+        for i, size in enumerate(self.feature_sizes(features)):
+            if size != (1, 1):
+                continue
+            at_level = [self.ssd_heads[i], *([extra[i - _NUM_BACKBONE_LEVELS]] if i >= _NUM_BACKBONE_LEVELS else [])]
+            if any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                   for layer in at_level for m in layer.modules()):
+                raise ValueCheckError(
+                    f"in training mode SSDLiteHead needs a batch of at least 2 for these maps: level {i} of its "
+                    f"pyramid is 1x1 for input maps of {tuple(features[0].shape[-2:])} and "
+                    f"{tuple(features[1].shape[-2:])}, and BatchNorm sees a single value per channel there; got a "
+                    "batch of 1 (use larger images, or call .eval()). A backbone before it in an nn.Sequential has "
+                    "already updated its running statistics with this batch; SSDLite puts them back",
+                    actual_value=[tuple(f.shape) for f in features],
+                )
 
     def predict(self, levels: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the six predictors on the :meth:`pyramid` levels and return ``(offsets, logits)``."""

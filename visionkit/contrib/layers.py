@@ -107,7 +107,8 @@ def batchnorm_statistics_restored_on_error(module: nn.Module, x: torch.Tensor) -
             raise ValueError(
                 f"in training mode every BatchNorm needs more than one value per channel, but with a batch of 1 "
                 f"and input {tuple(x.shape)} a map in {type(module).__name__} is 1x1 ({error}); train with a batch "
-                "of at least 2 or a larger input, or call .eval(). The running statistics were left as they were."
+                f"of at least 2 or a larger input, or call .eval(). The running statistics of this "
+                f"{type(module).__name__} were left as they were."
             ) from error
         raise
 
