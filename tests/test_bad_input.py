@@ -291,6 +291,48 @@ def test_segmentation_and_detection_heads_and_attention_check_their_arguments_an
         MultiHeadAttention(64, 4, 1.5)
 
 
+def test_building_blocks_check_their_arguments_and_numpy_numbers_are_taken() -> None:
+    import numpy as np
+
+    from visionkit.contrib import DeepLabV3Head, FeatureExtractor
+    from visionkit.contrib.detection import SeparableConv
+    from visionkit.contrib.layers import ConvLayer
+    from visionkit.contrib.segmentation import ASPPPooling
+
+    with pytest.raises(ValueError, match="in_channels must be a positive integer, got 0"):
+        ASPPPooling(0, 3)
+    with pytest.raises(TypeError, match="out_channels must be an int, got 2.5"):
+        ASPPPooling(8, 2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="in_channels must be an int, got 'a'"):
+        ASPPPooling("a", 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"stride must be an int or a pair of ints, got \(1, 2, 3\)"):
+        SeparableConv(3, 3, stride=(1, 2, 3))  # type: ignore[arg-type]
+    assert SeparableConv(3, 3, stride=(1, 2))(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8, 4)
+    with pytest.raises(ValueError, match=r"groups \(4\) must divide in_channels \(6\)"):
+        ConvLayer(6, 4, 3, groups=4)
+    with pytest.raises(TypeError, match="bias"):
+        ConvLayer(3, 16, 3, bias=1)  # type: ignore[arg-type]
+    for bad in (True, "64", 64.0):
+        with pytest.raises(TypeError, match="output_size must be an int or a pair"):
+            DeepLabV3Head(80, 21, output_size=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"output_size must be an int or a pair \(H, W\) of ints, got \(1, 2, 3\)"):
+        DeepLabV3Head(80, 21, output_size=(1, 2, 3))
+    assert DeepLabV3Head(80, 21, output_size=np.int64(64)).output_size == (64, 64)
+    assert DeepLabV3Head(80, 21, scale_factor=np.float32(16)).scale_factor == 16.0
+    shrinking = DeepLabV3Head(80, 21, scale_factor=0.01).eval()
+    with pytest.raises(ValueError, match=r"scale_factor=0.01 would shrink the \(8, 8\) map to nothing"):
+        shrinking(torch.rand(1, 80, 8, 8))
+    assert shrinking(torch.rand(1, 80, 100, 200)).shape == (1, 21, 1, 2)
+    assert MobileViTv2(np.float32(0.5)).config == MobileViTv2(0.5).config
+    backbone = MobileViT(mode="xxs", output_stride=np.int64(16), in_channels=np.int64(3))
+    assert type(backbone.output_stride) is int and type(backbone.in_channels) is int
+    assert FeatureExtractor(MobileViT(mode="xxs"), indices=(np.int64(3), np.int64(-1))).indices == (3, 4)
+    x = torch.rand(1, 3, 64, 64)
+    assert [f.shape[1] for f in MobileViT(mode="xxs").forward_intermediates(x, (np.int64(2),))] == [48]
+    with pytest.raises(TypeError, match=r"indices\[\.\.\.\] must be an int, got 2.0"):
+        MobileViT(mode="xxs").forward_intermediates(x, (2.0,))  # type: ignore[arg-type]
+
+
 def test_reset_parameters_resets_sync_batchnorm_too() -> None:
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(MobileViT(mode="xxs"))
     norm = model.conv_1.block.norm

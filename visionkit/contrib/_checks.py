@@ -18,8 +18,8 @@ from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 
 __all__ = [
-    "check_choice", "check_image", "check_output_folder", "check_positive_int", "check_real", "check_same_place",
-    "check_type",
+    "check_choice", "check_image", "check_int", "check_output_folder", "check_positive_int",
+    "check_positive_int_or_pair", "check_real", "check_same_place", "check_type",
 ]
 
 
@@ -30,18 +30,36 @@ def check_type(name: str, value: Any, expected: type | tuple[type, ...]) -> None
     KORNIA_CHECK_TYPE(value, expected, f"argument {name!r}")
 
 
+def check_int(name: str, value: Any) -> int:
+    """Return ``value`` as an ``int``, or raise ``TypeError`` unless it is an integer: an ``int`` or what converts
+    to one exactly (``operator.index``: numpy integers, integer 0-d tensors); not ``bool``, not floats."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeCheckError(f"{name} must be an int, got {value!r}", actual_type=type(value))
+    return operator.index(value)
+
+
 def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` as an ``int``, or raise ``TypeError``/``ValueError`` unless it is an integer above zero.
 
     Integers are ``int`` and what converts to one exactly (``operator.index``: numpy integers, integer 0-d
     tensors); not ``bool``, not floats.
     """
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        raise TypeCheckError(f"{name} must be an int, got {value!r}", actual_type=type(value))
-    number = operator.index(value)
+    number = check_int(name, value)
     if number <= 0:
         raise ValueCheckError(f"{name} must be a positive integer, got {value}", actual_value=value)
     return number
+
+
+def check_positive_int_or_pair(name: str, value: Any) -> int | tuple[int, int]:
+    """Return ``value`` as an ``int`` or a pair of them (the forms ``nn.Conv2d`` takes for a stride), or raise
+    ``TypeError``/``ValueError`` unless it is a positive integer (:func:`check_positive_int`) or a tuple or list of
+    two."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueCheckError(f"{name} must be an int or a pair of ints, got {value!r}", actual_value=value)
+        first, second = (check_positive_int(f"{name}[...]", item) for item in value)
+        return first, second
+    return check_positive_int(name, value)
 
 
 def check_real(name: str, value: Any) -> float:

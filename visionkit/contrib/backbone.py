@@ -23,7 +23,9 @@ from kornia.core.exceptions import ValueCheckError
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ._checks import check_choice, check_image, check_positive_int, check_probability, check_same_place, check_type
+from ._checks import (
+    check_choice, check_image, check_int, check_positive_int, check_probability, check_same_place, check_type,
+)
 from .blocks import MobileViTBlock, MobileViTBlockV2
 from .configs import (
     BackboneConfig,
@@ -158,8 +160,8 @@ class MobileViTBackbone(nn.Module):
     ) -> None:
         super().__init__()
         check_type("config", config, BackboneConfig)
-        check_positive_int("in_channels", in_channels)
-        check_type("output_stride", output_stride, int)
+        in_channels = check_positive_int("in_channels", in_channels)
+        output_stride = check_positive_int("output_stride", output_stride)  # int or numpy integer
         check_choice("output_stride", output_stride, (8, 16, 32))
         check_type("expand_output", expand_output, bool)
         check_type("grad_checkpointing", grad_checkpointing, bool)
@@ -340,7 +342,7 @@ class MobileViTBackbone(nn.Module):
             raise ValueCheckError("indices must name at least one level, got an empty sequence")
         resolved = []
         for index in indices:
-            check_type("indices[...]", index, int)
+            index = check_int("indices[...]", index)  # an int or a numpy integer
             if not -count <= index < count:
                 raise ValueCheckError(
                     f"feature level index must be in [{-count}, {count - 1}] (levels 0..{count - 1} are strides "

@@ -13,7 +13,9 @@ from typing import Literal, Optional
 
 from kornia.core.exceptions import ValueCheckError
 
-from ._checks import check_choice, check_positive_finite, check_positive_int, check_probability, check_type
+from ._checks import (
+    check_choice, check_positive_finite, check_positive_int, check_probability, check_real, check_type,
+)
 from .layers import make_divisible
 
 __all__ = [
@@ -259,7 +261,7 @@ def format_width(width: float) -> str:
 
 
 def _width_config(name: str, width_multiplier: float, block: BlockConfig) -> BackboneConfig:
-    check_type("width_multiplier", width_multiplier, (int, float))
+    width_multiplier = check_real("width_multiplier", width_multiplier)  # int, float or numpy scalar; not bool
     if not math.isfinite(width_multiplier) or width_multiplier <= 0:
         raise ValueCheckError(
             f"width_multiplier must be a finite number > 0 (released: 0.5, 0.75, 1.0, ..., 2.0), "

@@ -23,7 +23,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_image, check_positive_int, check_same_place, check_type
+from ._checks import check_image, check_positive_int, check_positive_int_or_pair, check_same_place, check_type
 from .anchors import SSD_ASPECT_RATIOS, SSDAnchorGenerator
 from .boxes import SSDLitePostProcess
 from .features import FeatureExtractor
@@ -76,8 +76,7 @@ class SeparableConv(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size)):
             check_positive_int(name, value)
-        for step in stride if isinstance(stride, (tuple, list)) else (stride,):  # an int or (sy, sx), as nn.Conv2d
-            check_positive_int("stride", step)
+        check_positive_int_or_pair("stride", stride)  # an int or (sy, sx), as nn.Conv2d takes
         for name, flag in (("bias", bias), ("norm", norm), ("act", act)):
             check_type(name, flag, bool)
         self.dw_conv = ConvLayer(

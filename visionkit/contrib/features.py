@@ -8,7 +8,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_type
+from ._checks import check_int, check_type
 
 __all__ = ["FeatureExtractor"]
 
@@ -75,7 +75,7 @@ class FeatureExtractor(nn.Module):
         count = len(backbone.feature_info)
         resolved = []
         for index in indices:
-            check_type("indices[...]", index, int)
+            index = check_int("indices[...]", index)  # an int or a numpy integer
             if not -count <= index < count:
                 raise ValueCheckError(
                     f"feature level index must be in [{-count}, {count - 1}], got {index}", actual_value=index

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from typing import Callable, Optional
 
 import torch
+from kornia.core.exceptions import ValueCheckError
 from torch import nn
 from torch.autograd import forward_ad
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._checks import check_positive_int, check_positive_int_or_pair, check_type
 
 __all__ = ["ConvLayer", "InvertedResidual", "make_divisible"]
 
@@ -424,14 +427,15 @@ class ConvLayer(nn.Module):
     BatchNorm input for backward and recomputes the rest (same values, gradients and running statistics as the two
     modules, about a third less activation memory for the layer). Without gradients a SiLU overwrites the
     convolution's output instead of allocating its own. Modules replaced by other types (e.g. ``SyncBatchNorm``),
-    modules with forward or backward hooks (hooks see every call), scripting, tracing, ``torch.export`` and
-    ``torch.compile`` use the plain modules (as does autocast for the training function).
+    modules with forward or backward hooks (hooks see every call), tracing, ``torch.export`` and
+    ``torch.compile`` use the plain modules (as does autocast for the training function). TorchScript cannot
+    script this layer (nor the backbones built from it): trace it, or use ``torch.export``.
 
     Args:
         in_channels: input channels :math:`C_{in}`.
         out_channels: output channels :math:`C_{out}`.
         kernel_size: square kernel size.
-        stride: convolution stride.
+        stride: convolution stride, an int or a pair ``(sy, sx)``.
         dilation: convolution dilation.
         groups: convolution groups (``in_channels`` for a depthwise convolution).
         bias: whether the convolution has a bias.
@@ -441,6 +445,11 @@ class ConvLayer(nn.Module):
     Shape:
         - Input: :math:`(B, C_{in}, H, W)`
         - Output: :math:`(B, C_{out}, H', W')`
+
+    Raises:
+        TypeError: a size is not an int (``stride``: or a pair of them), or ``bias`` or ``norm`` is not a bool.
+        ValueError: a size is not positive, ``stride`` is a sequence of other than two, or ``groups`` does not
+            divide both channel counts.
 
     Example:
         >>> layer = ConvLayer(3, 16, kernel_size=3, stride=2)
@@ -462,6 +471,19 @@ class ConvLayer(nn.Module):
         act_layer: Optional[Callable[[], nn.Module]] = nn.SiLU,
     ) -> None:
         super().__init__()
+        in_channels, out_channels, kernel_size, dilation, groups = (
+            check_positive_int(name, value)
+            for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
+                                ("kernel_size", kernel_size), ("dilation", dilation), ("groups", groups))
+        )
+        stride = check_positive_int_or_pair("stride", stride)
+        if in_channels % groups or out_channels % groups:
+            raise ValueCheckError(
+                f"groups ({groups}) must divide in_channels ({in_channels}) and out_channels ({out_channels})",
+                actual_value=groups,
+            )
+        for name, flag in (("bias", bias), ("norm", norm)):
+            check_type(name, flag, bool)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["conv"] = nn.Conv2d(
             in_channels,

@@ -30,7 +30,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from kornia.core.exceptions import ValueCheckError
+from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
 from ._checks import (
@@ -57,13 +57,18 @@ def _check_atrous_rates(atrous_rates: Sequence[int]) -> None:
 
 
 def _check_size_pair(name: str, value: Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, Sequence) or len(value) != 2:
+    if not isinstance(value, bool) and hasattr(type(value), "__index__"):  # int, numpy integer
+        size = check_positive_int(name, value)
+        return size, size
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeCheckError(
+            f"{name} must be an int or a pair (H, W) of ints, got {type(value).__name__} ({value!r})",
+            actual_type=type(value),
+        )
+    if len(value) != 2:
         raise ValueCheckError(f"{name} must be an int or a pair (H, W) of ints, got {value!r}", actual_value=value)
-    for item in value:
-        check_positive_int(f"{name}[...]", item)
-    return int(value[0]), int(value[1])
+    height, width = (check_positive_int(f"{name}[...]", item) for item in value)
+    return height, width
 
 
 class ASPPPooling(nn.Module):
@@ -79,10 +84,16 @@ class ASPPPooling(nn.Module):
     Shape:
         - Input: :math:`(B, C, H, W)`
         - Output: :math:`(B, A, H, W)`
+
+    Raises:
+        TypeError: a channel count is not an int.
+        ValueError: a channel count is not positive.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("out_channels", out_channels)
         self.aspp_pool = nn.Sequential(
             OrderedDict(
                 global_pool=nn.AdaptiveAvgPool2d(1),
@@ -210,8 +221,7 @@ class DeepLabV3Head(nn.Module):
             raise ValueCheckError("pass either output_size or scale_factor, not both")
         size = None if output_size is None else _check_size_pair("output_size", output_size)
         if scale_factor is not None:
-            check_type("scale_factor", scale_factor, (int, float))
-            check_positive_finite("scale_factor", scale_factor)
+            check_positive_finite("scale_factor", scale_factor)  # a real number: int, float, numpy scalar
 
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -245,6 +255,12 @@ class DeepLabV3Head(nn.Module):
                 "1x1 map, where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval()). A "
                 "backbone before it in an nn.Sequential has already updated its running statistics with this batch; "
                 "SegmentationModel checks before its backbone runs",
+                actual_value=tuple(x.shape),
+            )
+        if self.scale_factor is not None and not is_recording() and min(x.shape[-2:]) * self.scale_factor < 1:
+            raise ValueCheckError(
+                f"scale_factor={self.scale_factor} would shrink the {tuple(x.shape[-2:])} map to nothing: "
+                "the logits need at least one pixel on each side",
                 actual_value=tuple(x.shape),
             )
         logits = self.classifier(self.classifier_dropout(self.aspp(x)))
