@@ -834,6 +834,13 @@ def test_sha256_is_checked_for_local_files_and_hf_folders_are_read(tmp_path: pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="without model.safetensors"):
         read_checkpoint(tmp_path / "empty")
+    with pytest.raises(TypeError, match="sha256"):
+        read_checkpoint(path, sha256=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits, got 'abc'"):
+        load_checkpoint(MobileViT(mode="xxs"), path, sha256="abc")
+    with pytest.raises(ValueError, match="an in-memory state dict has none"):
+        load_checkpoint(MobileViT(mode="xxs"), MobileViT(mode="xxs").state_dict(), sha256=digest)
+    assert read_checkpoint(path, sha256=digest.upper())
 
 
 def test_read_checkpoint_notes_only_what_a_successful_read_did(tmp_path: pathlib.Path) -> None:

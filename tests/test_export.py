@@ -193,6 +193,23 @@ def test_load_aoti_package_refuses_a_package_without_input_specification(tmp_pat
         load_aoti_package(path)
 
 
+def test_load_aoti_package_refuses_files_that_are_not_packages(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights.pt2"
+    torch.save({"weight": torch.zeros(2)}, checkpoint)  # a zip archive too, without a compiled model
+    text = tmp_path / "model.pt2"
+    text.write_bytes(b"not an archive")
+    for path in (checkpoint, text):
+        with pytest.raises(ValueError, match="is not an AOTInductor package that loads here"):
+            load_aoti_package(path)
+
+
+def test_dynamic_export_program_refuses_a_batch_of_one() -> None:
+    from visionkit.contrib import export_program
+
+    with pytest.raises(ValueError, match="a dynamic export traces with a batch of at least 2, got batch=1"):
+        export_program(MobileViTv2(0.5).eval(), input_size=(96, 96), batch=1)
+
+
 def test_aoti_export_rejects_bad_arguments(tmp_path: Path) -> None:
     model = MobileViT("xxs").eval()
     with pytest.raises(ValueError, match=r"must end in '\.pt2'"):

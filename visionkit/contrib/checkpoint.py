@@ -268,10 +268,11 @@ def read_checkpoint(
         removed.
 
     Raises:
-        TypeError: ``checkpoint`` is not a path, URL or mapping.
+        TypeError: ``checkpoint`` is not a path, URL or mapping, or ``sha256`` is not a string.
         FileNotFoundError: the path does not exist.
         ValueError: the file is truncated or corrupt, holds pickled objects beyond tensors (refused; never run),
-            holds no state dict, or fails its checksum.
+            holds no state dict, or fails its checksum; ``sha256`` is not 64 hexadecimal digits, or is given with
+            an in-memory dict.
 
     Example:
         >>> sd = read_checkpoint({"model": {"module.fc.weight": torch.zeros(2, 3)}})
@@ -289,7 +290,13 @@ def _read_state_dict(
     checkpoint: Union[str, os.PathLike[str], Mapping[str, Any]], sha256: Optional[str], progress: bool, notes: list[str]
 ) -> StateDict:
     """:func:`read_checkpoint`'s work, appending to ``notes`` as it goes."""
+    if sha256 is not None:
+        check_type("sha256", sha256, str)
+        if len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
+            raise ValueCheckError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}", actual_value=sha256)
     if isinstance(checkpoint, Mapping):
+        if sha256 is not None:
+            raise ValueCheckError("sha256 checks a file, and an in-memory state dict has none: pass the file's path")
         return _unwrap(checkpoint, notes)
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeCheckError(

@@ -121,15 +121,15 @@ def export_program(
         dynamic: whether batch, height and width are symbolic (height and width from
             :data:`MIN_DYNAMIC_SIZE` to 8192).
         input_size: ``(height, width)`` of the example input used for tracing.
-        batch: batch size of the example input (use 2 or more when ``dynamic``).
+        batch: batch size of the example input (2 or more when ``dynamic``).
 
     Returns:
         The exported program; ``program.module()`` runs it.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``input_size`` is not two positive ints (at least :data:`MIN_DYNAMIC_SIZE` when dynamic), or
-            ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead`).
+        ValueError: ``input_size`` is not two positive ints (at least :data:`MIN_DYNAMIC_SIZE` when dynamic),
+            ``dynamic`` with ``batch=1``, or ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead`).
 
     Example:
         >>> from visionkit.contrib import MobileViTv2
@@ -141,6 +141,11 @@ def export_program(
     check_type("model", model, nn.Module)
     check_type("dynamic", dynamic, bool)
     check_positive_int("batch", batch)
+    if dynamic and batch == 1:
+        raise ValueError(
+            "a dynamic export traces with a batch of at least 2, got batch=1: torch.export fixes a dimension of "
+            "size 1 to 1, so the batch could not stay symbolic; the program traced at batch=2 runs any batch from 1"
+        )
     example = _example_input(model, batch, input_size)
     if dynamic:
         from .detection import SSDLiteHead
@@ -332,7 +337,14 @@ class AOTIPackage:
     """
 
     def __init__(self, path: str) -> None:
-        self._compiled = torch._inductor.aoti_load_package(path)
+        try:
+            self._compiled = torch._inductor.aoti_load_package(path)
+        except RuntimeError as error:  # not a zip archive, or an archive without a compiled model
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(
+                f"{path!r} is not an AOTInductor package that loads here ({reason}); "
+                "write one with export_aoti_package"
+            ) from error
         metadata = self._compiled.get_metadata()
         if _INPUT_SPEC not in metadata:
             raise ValueError(
@@ -376,7 +388,8 @@ def load_aoti_package(path: Union[str, os.PathLike]) -> AOTIPackage:
     Raises:
         TypeError: ``path`` is not a path.
         FileNotFoundError: there is no such file.
-        ValueError: the package was not written by :func:`export_aoti_package`.
+        ValueError: the file is not an AOTInductor package (a checkpoint or an ONNX file, say) or the package
+            was not written by :func:`export_aoti_package`.
 
     Example:
         >>> import os, tempfile
