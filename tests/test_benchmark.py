@@ -271,6 +271,42 @@ def test_compile_options_script_times_both_settings_and_compares_their_outputs(
     assert diff < 1e-4
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch build has no oneDNN")
+def test_convolution_share_script_counts_every_convolution_of_the_compiled_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from torch import nn
+
+    from visionkit.contrib.variants import build_variant
+
+    script = _benchmark_script("convolution_share")
+    script.main(["--variants", "mobilevitv2_050", "--rounds", "1", "--calls", "2"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("mobilevit")]
+    assert [row[0] for row in rows] == ["mobilevitv2_050"]
+    compiled_ms, conv_ms, share, other_ms, convs, hf_ms, comp_hf, conv_hf = rows[0][1:]
+    # Each Conv2d of the fused model (BatchNorms folded into them) runs once per call, as one oneDNN convolution.
+    fused = build_variant("mobilevitv2_050").eval().fuse()
+    assert float(convs) == sum(isinstance(module, nn.Conv2d) for module in fused.modules())
+    compiled_ms, conv_ms, other_ms, hf_ms = (float(value) for value in (compiled_ms, conv_ms, other_ms, hf_ms))
+    assert conv_ms > 0 and compiled_ms > 0 and hf_ms > 0
+    assert other_ms == pytest.approx(compiled_ms - conv_ms, abs=0.011)
+    assert float(comp_hf.rstrip("x")) == pytest.approx(compiled_ms / hf_ms, abs=0.006)
+    assert float(conv_hf.rstrip("x")) == pytest.approx(conv_ms / hf_ms, abs=0.006)
+
+
+def test_convolution_times_read_execution_lines_of_convolutions_only() -> None:
+    script = _benchmark_script("convolution_share")
+    lines = [
+        "onednn_verbose,v1,info,oneDNN v3.7.1 (commit 8d263e6)",
+        "onednn_verbose,v1,primitive,create:cache_hit,cpu,convolution,brgconv_1x1:avx512_core,forward_inference,,0.01",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brgconv_1x1:avx512_core,forward_inference,src:f32,1.5",
+        "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src:f32,0.25",
+        "onednn_verbose,1732460000.5,v1,primitive,exec,cpu,convolution,brdgmm_dw:avx512_core,forward_inference,,0.5",
+        "a line the program printed itself, 2.0",
+    ]
+    assert script.convolution_times(lines) == [1.5, 0.5]
+
+
 def test_allocator_script_runs_each_setting_in_a_child_with_its_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
