@@ -235,6 +235,28 @@ def test_reset_parameters_also_resets_the_batchnorm_statistics() -> None:
     assert all(int(m.num_batches_tracked) == 0 for m in norms)
 
 
+def test_count_macs_counts_attention_on_cpu() -> None:
+    # F.scaled_dot_product_attention runs aten._scaled_dot_product_flash_attention_for_cpu, which PyTorch's
+    # FlopCounterMode has no formula for: MobileViT v1's attention used to count nothing. (That kernel takes
+    # contiguous inputs; a transposed view runs the math path, whose matrix products were always counted.)
+    from torch import nn
+    from torch.nn import functional as F
+
+    from visionkit.contrib.summary import count_macs
+
+    class Attend(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 64, 1, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.conv(x).flatten(2).reshape(1, 4, 16, -1).transpose(2, 3).contiguous()  # (1, 4, H * W, 16)
+            return F.scaled_dot_product_attention(tokens, tokens, tokens)
+
+    # the 1x1 convolution, then per head q k^T and the weighted sum of v: 64 x 64 x 16 multiply-adds each
+    assert count_macs(Attend(), 8, 8) == 3 * 64 * 64 + 4 * 2 * 64 * 64 * 16
+
+
 def test_count_macs_restores_every_module_mode_and_follows_the_model_dtype() -> None:
     from visionkit.contrib.summary import count_macs
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .backbone import MobileViTBackbone
 from .heads import ClassificationHead
@@ -57,13 +57,25 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
     return _flops_in_eval_mode(model, x) // 2
 
 
+def _cpu_attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args: object,
+                         out_shape: object = None, **kwargs: object) -> int:
+    """FLOPs of CPU flash attention: the two matrix products of ``softmax(q k^T) v``, as PyTorch counts them for the
+    CUDA attention kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: Attention kernels that :class:`~torch.utils.flop_counter.FlopCounterMode` has no formula for (torch 2.13): on CPU
+#: ``F.scaled_dot_product_attention`` runs this one, and without the entry MobileViT v1's attention counted nothing.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 def _flops_in_eval_mode(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs that :class:`torch.utils.flop_counter.FlopCounterMode` counts in ``model(x)``, run in evaluation mode
-    without gradients; every submodule's training flag is restored afterwards, also on error, so BatchNorm running
-    statistics and the model's modes are left as they were."""
+    """FLOPs that :class:`torch.utils.flop_counter.FlopCounterMode` counts in ``model(x)`` (with a formula for CPU
+    attention added), run in evaluation mode without gradients; every submodule's training flag is restored
+    afterwards, also on error, so BatchNorm running statistics and the model's modes are left as they were."""
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     try:
         with torch.no_grad(), counter:
             model(x)
