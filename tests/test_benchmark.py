@@ -307,6 +307,31 @@ def test_convolution_times_read_execution_lines_of_convolutions_only() -> None:
     assert script.convolution_times(lines) == [1.5, 0.5]
 
 
+def test_onnx_op_profile_script_adds_up_kernel_time_per_operator_type(capsys: pytest.CaptureFixture[str]) -> None:
+    script = _benchmark_script("onnx_op_profile")
+    script.main(["--variants", "mobilevitv2_050", "--rounds", "1", "--calls", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("mobilevitv2_050: visionkit") for line in lines), lines
+    table = [line.split() for line in lines if line.startswith(" ") and "operator type" not in line]
+    rows = {kind: (float(vk), float(hf)) for kind, vk, hf in table}
+    assert rows["Conv"][0] > 0 and rows["Conv"][1] > 0
+    for column in (0, 1):  # the shown types and "other" make up the total
+        parts = sum(values[column] for kind, values in rows.items() if kind != "total")
+        assert parts == pytest.approx(rows["total"][column], abs=0.01 * len(rows))
+
+
+def test_onnx_kernel_times_are_added_up_per_operator_type_and_call() -> None:
+    script = _benchmark_script("onnx_op_profile")
+    events = [
+        {"cat": "Node", "name": "conv_1_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv_2_kernel_time", "dur": 1000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv_1_fence_before", "dur": 500, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "norm_kernel_time", "dur": 200, "args": {"op_name": "InstanceNormalization"}},
+        {"cat": "Session", "name": "model_run", "dur": 9000, "args": {}},
+    ]
+    assert script.kernel_ms_per_op_type(events, calls=2) == {"Conv": 2.0, "InstanceNormalization": 0.1}
+
+
 def test_allocator_script_runs_each_setting_in_a_child_with_its_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -127,8 +127,8 @@ class MobileViTBackbone(nn.Module):
     families with ``dilate_local`` dilate their depthwise local convolution.
 
     On CPU, in eager mode, the layers run in channels-last memory format (oneDNN's fastest layout for these
-    convolutions: 15-35% faster in ``benchmarks/``); the returned maps are contiguous as usual. Under tracing,
-    ``torch.compile`` and ``torch.export`` the memory format is left to the compiler.
+    convolutions); the returned maps are contiguous as usual. Under tracing, ``torch.compile`` and
+    ``torch.export`` the memory format is left to the compiler.
 
     Args:
         config: the architecture.
