@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from visionkit.contrib.benchmark import _build_hf, _onnx_runner
+from visionkit.contrib.benchmark import _build_hf, _onnx_runner, _ort_session
 from visionkit.contrib.variants import build_variant
 
 #: Operator types reported on their own lines (those taking most time in either graph); the rest are "other".
@@ -40,17 +40,7 @@ def kernel_ms_per_op_type(profile: list[dict[str, Any]], calls: int) -> dict[str
 
 
 def _profile(path: str, x: torch.Tensor, threads: int, calls: int, folder: str) -> dict[str, float]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(folder, "profile")
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    session = _ort_session(path, threads, profile_prefix=os.path.join(folder, "profile"))
     feed = {session.get_inputs()[0].name: x.numpy()}
     for _ in range(calls):
         session.run(None, feed)

@@ -305,7 +305,8 @@ def _build_hf(name: str) -> nn.Module:
     raise ValueError(f"transformers has no {variant.family}")
 
 
-def _ort_session(path: str, threads: int) -> Any:
+def _ort_session(path: str, threads: int, profile_prefix: Optional[str] = None) -> Any:
+    """An ONNX Runtime CPU session with the benchmark's settings; ``profile_prefix`` turns its profiler on."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -316,6 +317,9 @@ def _ort_session(path: str, threads: int) -> Any:
     # Idle ONNX Runtime workers otherwise spin for a while after each run and slow whichever implementation the
     # interleaved rounds run next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
