@@ -375,3 +375,70 @@ def test_compile_for_inference_passes_its_arguments_to_torch_compile(monkeypatch
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))  # torch.compile is stubbed: the entry point calls the model
+
+
+def _conv_output_channels(graphs: list[torch.fx.GraphModule]) -> list[int]:
+    """Output channels of every convolution in dynamo's captured graphs."""
+    return [
+        node.meta["example_value"].shape[1]
+        for gm in graphs
+        for node in gm.graph.nodes
+        if node.op == "call_function" and node.target in (torch.conv2d, F.conv2d)
+    ]
+
+
+def _compile_capturing(module: nn.Module, backend_graphs: list[torch.fx.GraphModule]) -> object:
+    def capture(gm: torch.fx.GraphModule, example_inputs: list) -> object:  # noqa: ARG001
+        backend_graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    return torch.compile(module, fullgraph=True, backend=capture)
+
+
+def test_compiled_separable_attention_projects_the_weighted_input_to_keys() -> None:
+    from visionkit.contrib.attention import LinearSelfAttention
+
+    torch.manual_seed(0)
+    attn = LinearSelfAttention(16).eval()
+    x = torch.randn(2, 16, 4, 10)
+    graphs: list[torch.fx.GraphModule] = []
+    out = _compile_capturing(attn, graphs)(x)
+    # values (16) and out_proj (16); the 1 + 2 * 16 = 33-channel qkv convolution is gone, the keys are a product
+    assert sorted(_conv_output_channels(graphs)) == [16, 16]
+    torch.testing.assert_close(out, attn(x), atol=1e-5, rtol=1e-5)
+
+    # Exported graphs keep the official qkv convolution.
+    program = torch.export.export(attn, (x,))
+    weights = [node.args[1].meta["val"].shape[0] for node in program.graph.nodes if node.target == torch.ops.aten.conv2d.default]
+    assert sorted(weights) == [16, 33]
+
+    # A hooked qkv_proj runs as itself, so the hook sees its call.
+    calls = []
+    attn.qkv_proj.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    graphs.clear()
+    out = _compile_capturing(attn, graphs)(x)
+    assert sorted(_conv_output_channels(graphs)) == [16, 33] and calls == [(2, 33, 4, 10)]
+    torch.testing.assert_close(out, attn(x), atol=1e-5, rtol=1e-5)
+
+
+def test_folded_keys_train_like_the_module_with_dropout() -> None:
+    from visionkit.contrib.attention import LinearAttnFFN
+
+    torch.manual_seed(0)
+    eager = LinearAttnFFN(16, 32, attn_dropout=0.5).train()
+    compiled_copy = copy.deepcopy(eager)
+    x = torch.randn(2, 16, 4, 10)
+    results = []
+    for module, run in ((eager, eager), (compiled_copy, torch.compile(compiled_copy, fullgraph=True, backend="eager"))):
+        torch._dynamo.reset()
+        torch.manual_seed(1)  # the same dropout mask on the scores, whose sum the folded keys keep
+        inputs = x.clone().requires_grad_()
+        out = run(inputs)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out, inputs.grad, [p.grad for p in module.parameters()]))
+    (out, grad, param_grads), (out_c, grad_c, param_grads_c) = results
+    torch.testing.assert_close(out_c, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_c, grad, atol=1e-5, rtol=1e-5)
+    for reference, compiled in zip(param_grads, param_grads_c):
+        torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=1e-5)

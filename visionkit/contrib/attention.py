@@ -11,6 +11,8 @@ Names follow the official checkpoints: ``pre_norm_mha``/``pre_norm_attn`` and ``
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -148,6 +150,14 @@ class LinearSelfAttention(nn.Module):
     ``qkv_proj`` maps :math:`d` channels to ``1 + 2d``: one context-score channel, then keys, then values. The
     scores are a softmax over the patch axis :math:`N`, separately for each of the :math:`P` pixel positions.
 
+    The keys enter only through their score-weighted sum over :math:`N`, which is linear in the input, so under
+    :func:`torch.compile` (not :func:`torch.export.export`, whose graphs keep the official operations) the layer
+    weights the input first and projects the :math:`P` sums to keys afterwards:
+    :math:`\sum_n s_n (W_k x_n + b_k) = W_k \sum_n s_n x_n + b_k \sum_n s_n`. The key projection then costs
+    :math:`d^2 P` rather than :math:`d^2 P N` multiply-adds, nearly half of ``qkv_proj``; results agree to float
+    rounding. This needs ``qkv_proj`` as built (a :class:`~visionkit.contrib.layers.ConvLayer` holding only its
+    1x1 convolution, without hooks); a replaced or hooked one runs as itself.
+
     Args:
         dim: channel width :math:`d`.
         attn_dropout: dropout on the context scores during training.
@@ -172,12 +182,49 @@ class LinearSelfAttention(nn.Module):
         self.out_proj = ConvLayer(dim, dim, 1, bias=True, norm=False, act_layer=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv_conv = self._foldable_qkv_conv()
+        if qkv_conv is not None:
+            return self._attend_with_folded_keys(x, qkv_conv)
         query, key, value = self.qkv_proj(x).split([1, self.dim, self.dim], dim=1)
         # Under bf16/fp16 autocast the softmax over all N tokens and the weighted sum run in fp32 (no-ops in fp32).
         accumulate = torch.promote_types(query.dtype, torch.float32)
         context_scores = self.attn_dropout(F.softmax(query, dim=-1, dtype=accumulate))
         context_vector = (key.to(accumulate) * context_scores).sum(dim=-1, keepdim=True)
         return self.out_proj(F.relu(value) * context_vector.to(value.dtype))
+
+    def _foldable_qkv_conv(self) -> Optional[nn.Conv2d]:
+        """``qkv_proj``'s convolution when :func:`torch.compile` traces and ``qkv_proj`` is as built, else None."""
+        if not torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return None
+        qkv_proj = self.qkv_proj
+        if type(qkv_proj) is not ConvLayer or type(qkv_proj.block) is not nn.Sequential:
+            return None
+        conv = qkv_proj.block._modules.get("conv")
+        if len(qkv_proj.block) != 1 or type(conv) is not nn.Conv2d:
+            return None
+        if not _runs_unobserved(qkv_proj, qkv_proj.block, conv):
+            return None
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.weight.shape[:2] != (1 + 2 * self.dim, self.dim):
+            return None
+        return conv
+
+    def _attend_with_folded_keys(self, x: torch.Tensor, qkv_conv: nn.Conv2d) -> torch.Tensor:
+        """:meth:`forward` with the key projection applied to the score-weighted input (see the class docstring)."""
+        dim = self.dim
+        weight = qkv_conv.weight.flatten(1)  # (1 + 2d, d)
+        bias = qkv_conv.bias if qkv_conv.bias is not None else weight.new_zeros(1 + 2 * dim)
+        query_weight, key_weight, value_weight = weight.split([1, dim, dim])
+        query_bias, key_bias, value_bias = bias.split([1, dim, dim])
+        # One score channel: a sum over the channels, which Inductor fuses into the kernel of the preceding norm.
+        query = (x * query_weight.reshape(1, dim, 1, 1)).sum(dim=1, keepdim=True) + query_bias
+        value = F.conv2d(x, value_weight.reshape(dim, dim, 1, 1), value_bias)
+        accumulate = torch.promote_types(query.dtype, torch.float32)
+        context_scores = self.attn_dropout(F.softmax(query, dim=-1, dtype=accumulate))  # (B, 1, P, N)
+        weighted_input = (x.to(accumulate) * context_scores).sum(dim=-1)  # (B, d, P)
+        # sum_n s_n (W_k x_n + b_k): the scores sum to one, except after dropout, so their sum is kept
+        context_vector = torch.matmul(key_weight.to(accumulate), weighted_input)
+        context_vector = context_vector + key_bias.to(accumulate)[:, None] * context_scores.sum(dim=-1)
+        return self.out_proj(F.relu(value) * context_vector.unsqueeze(-1).to(value.dtype))
 
 
 class LinearAttnFFN(nn.Module):
