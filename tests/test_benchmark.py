@@ -482,3 +482,23 @@ def test_high_resolution_runs_under_the_requested_autocast(capsys, monkeypatch) 
     assert benchmark.main(argv) == 0
     assert "## High resolution, batch 1, 64x96, torch.autocast bf16" in capsys.readouterr().out
     assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+def test_compiled_forms_script_switches_both_forms_back_and_times_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from visionkit.contrib import blocks
+    from visionkit.contrib.attention import LinearSelfAttention
+
+    script = _benchmark_script("compiled_forms")
+    attention = LinearSelfAttention(8)
+    x = torch.rand(1, 2, 2, 2)
+    with script._recorded_forms():
+        assert blocks._keeps_rank_five(x) and attention._foldable_qkv_conv() is None
+    assert not blocks._keeps_rank_five(x)  # restored (eager: one permutation)
+    script.main(["--variants", "mobilevitv2_050", "--rounds", "1", "--calls", "1", "--size", "64"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "64x64" in lines[0]
+    rows = [line.split() for line in lines if line.startswith(" ") and "variant" not in line]
+    assert [row[0] for row in rows] == ["mobilevitv2_050"]
+    recorded_ms, compile_ms, ratio, diff = (float(value) for value in rows[0][1:])
+    assert recorded_ms > 0 and compile_ms > 0 and ratio == pytest.approx(compile_ms / recorded_ms, abs=0.01)
+    assert diff < 1e-4
