@@ -3,8 +3,8 @@
 Patches are unfolded and folded with ``reshape``/``permute`` only (no ``F.unfold``/``F.fold``). In graphs that are
 recorded to leave the process (tracing, scripting, ``torch.fx``, :func:`torch.export.export` and so ONNX and
 AOTInductor) no tensor is above rank 5, which keeps every exporter (ONNX without Col2Im/Im2Col, Core ML's rank-5
-limit) happy. In eager mode and under :func:`torch.compile` the same copy is one permutation of a rank-6 view,
-which PyTorch's copy kernel and Inductor's generated code both run faster.
+limit) happy. In eager mode and under :func:`torch.compile` the move is one permutation of a rank-6 view: one copy
+instead of two, and under Inductor a kernel vectorised along the channels (the rank-5 moves gave a scalar loop).
 
 Sizes that do not divide by the patch follow the official rules:
 
