@@ -1,36 +1,73 @@
 """Time one option of :func:`~visionkit.contrib.compile_for_inference` turned on against turned off.
 
 Every variant of the benchmark is fused and compiled twice, with ``OPTION=False`` and ``OPTION=True``, and the two
-run in this process, interleaved round by round, at batch 1 and 256x256 (where per-call overhead weighs most). The
-table gives the median time per call, the ratio True / False and the largest difference between the two outputs.
-The options:
+run in this process, interleaved round by round, at batch 1 and 256x256 (where per-call overhead weighs most;
+``--batch`` and ``--size`` change them). The table gives the median time per call, the ratio True / False and the
+largest difference between the two outputs. The options:
 
 * ``cpp_wrapper``: Inductor's C++ wrapper against its Python wrapper. ``compile_for_inference`` uses the C++
   wrapper for CPU models because of what this script showed on the machine we measured;
 * ``model_guards``: dynamo's guards on the model's modules kept (checked at every call) against dropped, which is
-  ``compile_for_inference``'s default.
+  ``compile_for_inference``'s default;
+* ``compile_forms``: not an argument but the two forms the blocks take only under ``torch.compile`` (recorded
+  graphs keep the others), against those recorded forms: the patch unfold and fold as one permutation of a rank-6
+  view instead of two rank-5 moves (:func:`visionkit.contrib.blocks.unfold_tokens`), and MobileViTv2's attention
+  projecting its score-weighted input to keys instead of every token
+  (:class:`visionkit.contrib.attention.LinearSelfAttention`). For ``False`` both are switched back around each call
+  of that model (so dynamo's guards see the same functions at every call and never recompile).
 
 Run it on your machine. The two compilations took about 25 s for MobileViT-XXS.
 
-    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards] [--rounds 15] [--threads 2]
-        [--variants mobilevit_xxs ...]
+    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards|compile_forms] [--rounds 15]
+        [--batch 1] [--size 256] [--threads 2] [--variants mobilevit_xxs ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import torch
+from torch import nn
 
-from visionkit.contrib import compile_for_inference
+from visionkit.contrib import blocks, compile_for_inference
+from visionkit.contrib.attention import LinearSelfAttention
 from visionkit.contrib.benchmark import DEFAULT_VARIANTS, retain_freed_memory
 from visionkit.contrib.variants import build_variant
 
-OPTIONS = ("cpp_wrapper", "model_guards")
+OPTIONS = ("cpp_wrapper", "model_guards", "compile_forms")
+
+
+@contextlib.contextmanager
+def recorded_forms() -> Iterator[None]:
+    """The rank-5 patch moves and the official qkv projection, as in exported graphs, also under torch.compile."""
+    keeps_rank_five, foldable = blocks._keeps_rank_five, LinearSelfAttention._foldable_qkv_conv
+    blocks._keeps_rank_five = lambda x: True
+    LinearSelfAttention._foldable_qkv_conv = lambda self: None
+    try:
+        yield
+    finally:
+        blocks._keeps_rank_five, LinearSelfAttention._foldable_qkv_conv = keeps_rank_five, foldable
+
+
+def _compiled(fused: nn.Module, option: str, setting: bool) -> Callable[[torch.Tensor], Any]:
+    """``fused`` (copied) compiled with ``option`` set to ``setting``."""
+    if option != "compile_forms":
+        return compile_for_inference(copy.deepcopy(fused), **{option: setting})
+    compiled = compile_for_inference(copy.deepcopy(fused))
+    if setting:
+        return compiled
+
+    def with_recorded_forms(x: torch.Tensor) -> Any:
+        with recorded_forms():
+            return compiled(x)
+
+    return with_recorded_forms
 
 
 def _per_call_ms(fn: Callable[[], Any], calls: int) -> float:
@@ -45,23 +82,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--option", choices=OPTIONS, default="cpp_wrapper")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10, help="back-to-back calls per setting and round")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=256, help="square input size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     args = parser.parse_args(argv)
     heap = retain_freed_memory()  # as the heap-kept benchmark report: no page faults from returned memory
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, heap kept ({heap}), batch 1, 256x256")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, heap kept ({heap}), batch {args.batch}, "
+          f"{args.size}x{args.size}")
     print(f"option {args.option}: median ms per call over {args.rounds} interleaved rounds")
     print(f"{'variant':>16} {'False ms':>9} {'True ms':>8} {'ratio':>6} {'max diff':>9}")
     for name in args.variants:
         torch.compiler.reset()  # drops the previous variant's compiled graphs
         torch.manual_seed(0)
         fused = build_variant(name).eval().fuse()
-        x = torch.rand(1, 3, 256, 256)
-        runs = {
-            setting: compile_for_inference(copy.deepcopy(fused), **{args.option: setting})
-            for setting in (False, True)
-        }
+        x = torch.rand(args.batch, 3, args.size, args.size)
+        runs = {setting: _compiled(fused, args.option, setting) for setting in (False, True)}
         outputs = {setting: run(x) for setting, run in runs.items()}  # compiles
         diff = max((a - b).abs().max().item() for a, b in zip(outputs[False], outputs[True]))
         times: dict[bool, list[float]] = {setting: [] for setting in runs}
