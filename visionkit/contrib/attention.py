@@ -153,7 +153,7 @@ class LinearSelfAttention(nn.Module):
     The keys enter only through their score-weighted sum over :math:`N`, which is linear in the input, so under
     :func:`torch.compile` (not :func:`torch.export.export`, whose graphs keep the official operations) the layer
     weights the input first and projects the :math:`P` sums to keys afterwards:
-    :math:`\sum_n s_n (W_k x_n + b_k) = W_k \sum_n s_n x_n + b_k \sum_n s_n`. The key projection then costs
+    :math:`\\sum_n s_n (W_k x_n + b_k) = W_k \\sum_n s_n x_n + b_k \\sum_n s_n`. The key projection then costs
     :math:`d^2 P` rather than :math:`d^2 P N` multiply-adds, nearly half of ``qkv_proj``; results agree to float
     rounding. This needs ``qkv_proj`` as built (a :class:`~visionkit.contrib.layers.ConvLayer` holding only its
     1x1 convolution, without hooks); a replaced or hooked one runs as itself.

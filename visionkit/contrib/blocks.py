@@ -169,10 +169,9 @@ def _check_block_sizes(in_channels: int, attn_dim: int, ffn_dim: int, num_layers
 
 
 def _keeps_rank_five(x: torch.Tensor) -> bool:
-    """Whether the forward is recorded into a graph that may leave the process: TorchScript, ``torch.jit.trace``,
-    :func:`torch.export.export` (hence ONNX, AOTInductor and Core ML's converters) or ``torch.fx`` symbolic tracing
-    (``x`` is then a proxy).
-    The patch helpers keep every tensor of such graphs at rank 5 or below."""
+    """Whether the forward is recorded into a graph that may leave the process, whose tensors the patch helpers keep
+    at rank 5 or below: TorchScript, ``torch.jit.trace``, :func:`torch.export.export` (hence ONNX, AOTInductor and
+    Core ML's converters) or ``torch.fx`` symbolic tracing (``x`` is then a proxy)."""
     return (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
