@@ -14,11 +14,13 @@ largest difference between the two outputs. The options:
   view instead of two rank-5 moves (:func:`visionkit.contrib.blocks.unfold_tokens`), and MobileViTv2's attention
   projecting its score-weighted input to keys instead of every token
   (:class:`visionkit.contrib.attention.LinearSelfAttention`). For ``False`` both are switched back around each call
-  of that model (so dynamo's guards see the same functions at every call and never recompile).
+  of that model (so dynamo's guards see the same functions at every call and never recompile);
+* ``max_autotune``: ``mode="max-autotune"`` (Inductor times candidate kernels, among them its own C++ matrix
+  products, and keeps the fastest) against the default mode. It compiles for about a minute per model.
 
 Run it on your machine. The two compilations took about 25 s for MobileViT-XXS.
 
-    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards|compile_forms] [--rounds 15]
+    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards|compile_forms|max_autotune] [--rounds 15]
         [--batch 1] [--size 256] [--threads 2] [--variants mobilevit_xxs ...]
 """
 
@@ -40,7 +42,7 @@ from visionkit.contrib.attention import LinearSelfAttention
 from visionkit.contrib.benchmark import DEFAULT_VARIANTS, retain_freed_memory
 from visionkit.contrib.variants import build_variant
 
-OPTIONS = ("cpp_wrapper", "model_guards", "compile_forms")
+OPTIONS = ("cpp_wrapper", "model_guards", "compile_forms", "max_autotune")
 
 
 @contextlib.contextmanager
@@ -57,6 +59,8 @@ def recorded_forms() -> Iterator[None]:
 
 def _compiled(fused: nn.Module, option: str, setting: bool) -> Callable[[torch.Tensor], Any]:
     """``fused`` (copied) compiled with ``option`` set to ``setting``."""
+    if option == "max_autotune":
+        return compile_for_inference(copy.deepcopy(fused), mode="max-autotune" if setting else None)
     if option != "compile_forms":
         return compile_for_inference(copy.deepcopy(fused), **{option: setting})
     compiled = compile_for_inference(copy.deepcopy(fused))

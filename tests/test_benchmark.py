@@ -256,7 +256,7 @@ def test_linear_backends_script_times_both_products_and_compares_their_results(
         assert diff < 1e-3
 
 
-@pytest.mark.parametrize("option", ["cpp_wrapper", "model_guards", "compile_forms"])
+@pytest.mark.parametrize("option", ["cpp_wrapper", "model_guards", "compile_forms", "max_autotune"])
 def test_compile_options_script_times_both_settings_and_compares_their_outputs(
     option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -442,3 +442,18 @@ def test_folded_keys_train_like_the_module_with_dropout() -> None:
     torch.testing.assert_close(grad_c, grad, atol=1e-5, rtol=1e-5)
     for reference, compiled in zip(param_grads, param_grads_c):
         torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_max_autotune_compiles_the_folded_keys_correctly() -> None:
+    from visionkit.contrib.attention import LinearSelfAttention
+
+    # max-autotune lets Inductor's C++ GEMM template compute the key product; from a frozen slice of qkv_proj's
+    # weight (torch 2.13) it read the wrong rows, unless the slice is copied first (LinearSelfAttention does)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    attn = LinearSelfAttention(64).eval()
+    x = torch.randn(1, 64, 4, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = attn(x)
+    out = compile_for_inference(attn, mode="max-autotune")(x)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)

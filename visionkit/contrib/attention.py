@@ -19,7 +19,7 @@ from torch import nn
 
 from ._checks import check_positive_int, check_probability
 from .layers import ConvLayer, _runs_unobserved
-from .linear import project
+from .linear import _inductor_freezes, project
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
 
@@ -221,8 +221,14 @@ class LinearSelfAttention(nn.Module):
         accumulate = torch.promote_types(query.dtype, torch.float32)
         context_scores = self.attn_dropout(F.softmax(query, dim=-1, dtype=accumulate))  # (B, 1, P, N)
         weighted_input = (x.to(accumulate) * context_scores).sum(dim=-1)  # (B, d, P)
+        key_weight = key_weight.to(accumulate)
+        if _inductor_freezes():
+            # A copy, which freezing folds into a constant of its own: Inductor's C++ GEMM template (mode
+            # "max-autotune", torch 2.13) misreads a frozen weight that starts inside a larger one, as this slice of
+            # qkv_proj's weight does, and gave outputs off by up to 8 (pytorch/pytorch#143770 is the same bug for bmm).
+            key_weight = key_weight.clone()
         # sum_n s_n (W_k x_n + b_k): the scores sum to one, except after dropout, so their sum is kept
-        context_vector = torch.matmul(key_weight.to(accumulate), weighted_input)
+        context_vector = torch.matmul(key_weight, weighted_input)
         context_vector = context_vector + key_bias.to(accumulate)[:, None] * context_scores.sum(dim=-1)
         return self.out_proj(F.relu(value) * context_vector.unsqueeze(-1).to(value.dtype))
 

@@ -131,7 +131,9 @@ def compile_for_inference(
             downsampled sizes.
         mode: a :func:`torch.compile` mode (``None`` is its default mode); its Inductor options
             (``torch._inductor.list_mode_options``) are merged with freezing into ``torch.compile``'s ``options``,
-            since it takes a mode or options, not both.
+            since it takes a mode or options, not both. ``"max-autotune"`` compiles for about a minute per backbone
+            and took 0.96-1.01x of the default mode's time on the benchmark's machine (batch 1, 256x256; ``python
+            benchmarks/compile_options.py --option max_autotune``).
         fullgraph: passed to :func:`torch.compile`; every visionkit backbone compiles as one graph.
         cpp_wrapper: whether to use Inductor's C++ wrapper; ``None`` uses it when every parameter and buffer of
             ``model`` is on the CPU (where it was measured) and otherwise leaves Inductor's own setting.
