@@ -225,7 +225,7 @@ class LinearSelfAttention(nn.Module):
         if _inductor_freezes():
             # A copy, which freezing folds into a constant of its own: Inductor's C++ GEMM template (mode
             # "max-autotune", torch 2.13) misreads a frozen weight that starts inside a larger one, as this slice of
-            # qkv_proj's weight does, and gave outputs off by up to 8 (pytorch/pytorch#143770 is the same bug for bmm).
+            # qkv_proj's weight does, and gave wrong outputs (pytorch/pytorch#143770 is the same bug for bmm).
             key_weight = key_weight.clone()
         # sum_n s_n (W_k x_n + b_k): the scores sum to one, except after dropout, so their sum is kept
         context_vector = torch.matmul(key_weight, weighted_input)
