@@ -1029,3 +1029,74 @@ def test_a_model_with_a_buffer_of_its_own_is_not_taken_for_a_fused_one() -> None
     model.conv_1.register_buffer("calibration", torch.zeros(3))
     state = convert_state_dict(model, "cvnets")
     assert "conv_1.calibration" in state and len(state) == len(model.state_dict())
+
+
+@pytest.mark.parametrize("text", ["access denied", "error code: 1020", "hello"])
+def test_a_short_text_file_is_not_a_checkpoint_and_a_downloaded_one_is_not_kept(
+    text: str, tmp_path: pathlib.Path, monkeypatch
+) -> None:
+    # The weights-only unpickler raises IndexError or KeyError on these; they are no checkpoint, like an HTML page.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    page = tmp_path / "mobilevit_xxs.pt"
+    page.write_text(text)
+    model = MobileViT(mode="xxs")
+    before = state_copy(model)
+    with pytest.raises(ValueError, match="is not a PyTorch or safetensors checkpoint"):
+        load_checkpoint(model, page)
+    with pytest.raises(ValueError, match="not a PyTorch or safetensors checkpoint.*the cached file was removed"):
+        load_checkpoint(model, page.as_uri(), progress=False)
+    assert not any((tmp_path / "hub" / "checkpoints").iterdir())
+    assert_state_equal(model, before)
+
+
+class _EncoderDecoder(nn.Module):
+    """A common wrapper: the backbone under ``encoder``, whose stem key is also a sentinel of cvnets files."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = MobileViT(mode="xxs", expand_output=False)
+        self.decoder = nn.Conv2d(80, 2, 1)
+
+
+def test_a_model_with_its_backbone_under_encoder_loads_its_own_saved_file(tmp_path: pathlib.Path) -> None:
+    source = randomize_(_EncoderDecoder(), calibrate=False)
+    for name in ("own.safetensors", "own.pt"):
+        save_checkpoint(source, tmp_path / name, layout="visionkit")
+        model = _EncoderDecoder()
+        report = load_checkpoint(model, tmp_path / name)
+        assert report.source == "visionkit" and report.complete
+        assert_state_equal(model, state_copy(source))
+    # An official detection/segmentation file (its backbone under "encoder.", heads the model lacks) is still cvnets.
+    official = {"encoder." + k: v for k, v in convert_state_dict(source.encoder, "cvnets").items()}
+    official["seg_head.classifier.block.conv.weight"] = torch.zeros(21, 256, 1, 1)
+    assert detect_source(official, _EncoderDecoder())[0] == "cvnets"
+
+
+@pytest.mark.parametrize("layout", ["cvnets", "timm", "hf"])
+def test_missing_keys_are_reported_as_the_model_s_own_keys(layout: str) -> None:
+    model = classifier(MobileViT(mode="xxs"), 10)
+    state = convert_state_dict(model, layout)
+    own = model.state_dict()
+    dropped = ["0.conv_1.block.norm.weight", "0.layer_3.1.global_rep.0.pre_norm_mha.1.qkv_proj.weight"]
+    for key in dropped:
+        for piece in official_to_layout(key[2:], layout, "v1"):  # every file key holding part of the tensor
+            del state[piece.key]
+    report = load_checkpoint(model, state, strict=False)
+    assert report.missing == tuple(dropped)
+    assert all(key in own for key in report.missing)
+
+
+def test_checkpoint_helpers_check_their_arguments() -> None:
+    from visionkit.contrib import get_weights
+
+    with pytest.raises(TypeError, match="variant"):
+        get_weights(None)  # type: ignore[arg-type]
+    for state in (None, torch.zeros(3), [1, 2], ["conv_1.block.conv.weight"]):
+        with pytest.raises(TypeError, match="state"):
+            detect_source(state)  # type: ignore[arg-type]
+    state = MobileViT(mode="xxs").state_dict()
+    with pytest.raises(TypeError, match="notes"):
+        read_checkpoint(state, notes=())  # type: ignore[arg-type]
+    for progress in (None, "no"):
+        with pytest.raises(TypeError, match="progress"):
+            load_checkpoint(MobileViT(mode="xxs"), state, progress=progress)  # type: ignore[arg-type]

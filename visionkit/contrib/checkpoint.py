@@ -32,7 +32,6 @@ import hashlib
 import os
 import pickle
 import urllib.parse
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -209,8 +208,14 @@ def _read_file(path: str) -> Any:
                 "from the program that wrote it."
             ) from err
         raise _UnreadableFile(f"could not read {path!r}: truncated or corrupt pickle ({err})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise _UnreadableFile(f"could not read {path!r}: truncated or corrupt checkpoint ({err})") from err
+    except Exception as err:  # e.g. IndexError or KeyError from the unpickler on a short text file
+        if not head.startswith((b"PK", b"\x80")):
+            raise _UnreadableFile(
+                f"{path!r} is not a PyTorch or safetensors checkpoint ({type(err).__name__}: {err})"
+            ) from err
+        raise _UnreadableFile(
+            f"could not read {path!r}: truncated or corrupt checkpoint ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:
@@ -268,7 +273,8 @@ def read_checkpoint(
         removed.
 
     Raises:
-        TypeError: ``checkpoint`` is not a path, URL or mapping, or ``sha256`` is not a string.
+        TypeError: ``checkpoint`` is not a path, URL or mapping, ``sha256`` is not a string, ``progress`` is not
+            a bool or ``notes`` is not a list.
         FileNotFoundError: the path does not exist.
         ValueError: the file is truncated or corrupt, holds pickled objects beyond tensors (refused; never run),
             holds no state dict, or fails its checksum; ``sha256`` is not 64 hexadecimal digits, or is given with
@@ -279,6 +285,9 @@ def read_checkpoint(
         >>> list(sd)
         ['fc.weight']
     """
+    check_type("progress", progress, bool)
+    if notes is not None:
+        check_type("notes", notes, list)
     found: list[str] = []
     state = _read_state_dict(checkpoint, sha256, progress, found)
     if notes is not None:
@@ -425,12 +434,23 @@ def detect_source(state: Mapping[str, Any], model: Optional[nn.Module] = None) -
         ``(source, reason)``, e.g. ``("timm", "found sentinel key 'stem.conv.weight'")``.
 
     Raises:
+        TypeError: ``state`` is not a mapping, or ``model`` is not an ``nn.Module``.
         ValueError: no sentinel key is present.
 
     Example:
         >>> detect_source({"stem.conv.weight": torch.zeros(1)})
         ('timm', "found sentinel key 'stem.conv.weight'")
     """
+    check_type("state", state, Mapping)
+    if model is not None:
+        check_type("model", model, nn.Module)
+        # Checked first: a model whose backbone attribute is called "encoder" has the cvnets sentinel as its own key.
+        own = model.state_dict()
+        if state and all(
+            key in own and getattr(value, "shape", None) == own[key].shape for key, value in state.items()
+        ):
+            first = next(iter(state))
+            return "visionkit", f"all {len(state)} keys are the model's own, with its shapes (first {first!r})"
     for source, sentinels in _SENTINELS.items():
         for key in sentinels:
             if key in state:
@@ -599,11 +619,8 @@ def _plan_cvnets_like(target: _Target, state: StateDict, layout: str, notes: lis
         model_key = target.backbone_prefix + official
         got = parts.get(official, {})
         pieces = forward.get(official, ())
-        if not pieces:
-            plan.missing.append(official)
-            continue
-        if len(got) < len(pieces):
-            plan.missing.extend(f.key for f in pieces if f.part not in got)
+        if not pieces or len(got) < len(pieces):
+            plan.missing.append(model_key)
             continue
         plan.tensors[model_key] = got[0] if len(pieces) == 1 else torch.cat([got[i] for i in range(len(pieces))], 0)
         plan.origin[model_key] = " + ".join(file_key[f.key] for f in pieces)
@@ -809,7 +826,7 @@ def load_checkpoint(
         (summed for one channel, repeated and scaled by ``3 / in_channels`` for more), with a note.
 
     Raises:
-        TypeError: ``model`` holds no MobileViT backbone, or ``checkpoint`` has the wrong type.
+        TypeError: ``model`` holds no MobileViT backbone, or another argument has the wrong type.
         ValueError: unreadable/unsafe/corrupt file, unknown layout, or (``strict=True``) a key or shape mismatch; the
             message names the keys and shapes and, when another released variant fits better, that variant.
         RuntimeError: copying into the model failed (the model is restored first).

@@ -240,6 +240,7 @@ def get_weights(variant: str, tag: Optional[str] = None) -> WeightsEntry:
         >>> get_weights("mobilevitv2_150", "cvnets-in21k-ft-in1k-384").top1
         82.6
     """
+    check_type("variant", variant, str)  # list_weights(None) would list every variant's entries
     entries = list_weights(variant)
     if tag is None or tag == "DEFAULT":
         return entries[0]
