@@ -523,3 +523,86 @@ def test_numpy_scalars_tensor_sizes_and_tuple_strides_are_accepted(monkeypatch: 
     MobileViT(mode="xxs", weights="DEFAULT")
     MobileViT(mode="xxs", weights=entry)  # type: ignore[arg-type]
     assert loaded == ["DEFAULT", entry]
+
+
+def test_heads_and_backbones_check_inputs_against_the_layers_they_hold_now() -> None:
+    from torch import nn
+
+    from visionkit.contrib import DeepLabV3Head
+
+    head = ClassificationHead(320, 10).eval()
+    features = torch.rand(2, 320, 3, 3)
+    head.fc = nn.Identity()  # pooled embeddings instead of logits
+    torch.testing.assert_close(head(features), features.mean(dim=(2, 3)))
+    quantized = torch.ao.quantization.quantize_dynamic(ClassificationHead(320, 10).eval(), {nn.Linear})
+    assert quantized(features).shape == (2, 10)
+    trimmed = ClassificationHead(320, 10).eval()
+    del trimmed[2]  # the dropout; nn.Sequential renames what follows
+    assert trimmed(features).shape == (2, 10)
+    with pytest.raises(TypeError, match="the input has dtype torch.int64") as info:
+        ClassificationHead(320, 10)(torch.ones(1, 320, 2, 2, dtype=torch.int64))
+    assert "model.to(torch.int64)" not in str(info.value)  # a model cannot be converted to an integer dtype
+    seg = DeepLabV3Head(80, 21).eval()
+    seg.classifier = nn.Conv2d(256, 5, 1)
+    assert seg(torch.rand(1, 80, 8, 8)).shape == (1, 5, 8, 8)
+    backbone = MobileViT(mode="xxs").eval()
+    backbone.conv_1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+    assert backbone(torch.rand(1, 3, 64, 64)).shape == (1, 320, 2, 2)
+
+
+def test_segmentation_model_refuses_a_head_that_does_not_fit_its_backbone() -> None:
+    from visionkit.contrib import DeepLabV3Head, SegmentationModel
+
+    with pytest.raises(ValueError, match="has 320 channels but the head takes 80.*expand_output=False"):
+        SegmentationModel(MobileViT(mode="xxs"), DeepLabV3Head(80, 21))
+    model = SegmentationModel(MobileViT(mode="xxs", expand_output=False), DeepLabV3Head(80, 21)).eval()
+    assert model(torch.rand(1, 3, 64, 64)).shape == (1, 21, 64, 64)
+
+
+def test_aspp_refuses_a_training_batch_of_one_before_any_statistic_changes() -> None:
+    from visionkit.contrib.segmentation import ASPP
+
+    aspp = ASPP(80, 16, (6, 12, 18), 0.1).train()
+    before = {k: v.clone() for k, v in aspp.state_dict().items()}
+    with pytest.raises(ValueError, match="ASPP needs a batch of at least 2"):
+        aspp(torch.rand(1, 80, 8, 8))
+    assert all(torch.equal(v, before[k]) for k, v in aspp.state_dict().items())
+    assert aspp(torch.rand(2, 80, 8, 8)).shape == (2, 16, 8, 8)
+
+
+def test_ssdlite_head_needs_an_object_class_beside_the_background() -> None:
+    from visionkit.contrib import SSDLiteHead
+
+    with pytest.raises(ValueError, match="at least 2, got 1"):
+        SSDLiteHead((64, 80), num_classes=1)
+    assert SSDLiteHead((64, 80), num_classes=2).num_classes == 2
+
+
+def test_numpy_scalars_are_taken_for_dropouts_scales_and_aspect_ratios() -> None:
+    import numpy as np
+
+    from visionkit.contrib import SSDAnchorGenerator
+
+    assert MobileViT(mode="xxs", dropout=np.float32(0.1)) is not None
+    assert ClassificationHead(320, 10, dropout=np.float32(0.1)).dropout.p == pytest.approx(0.1)
+    reference = SSDAnchorGenerator(((2,), (2, 3)), min_scale=0.2, max_scale=0.9)
+    numpy = SSDAnchorGenerator(((np.int64(2),), (2, np.float32(3))), min_scale=np.float32(0.2), max_scale=0.9)
+    sizes = [(4, 4), (2, 2)]
+    torch.testing.assert_close(numpy(sizes), reference(sizes), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="device"):
+        reference(sizes, (64, 64))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="aspect ratio must be a number, got a bool"):
+        SSDAnchorGenerator(((True,),))
+
+
+def test_low_level_blocks_check_expansion_depthwise_flag_and_patch_rank() -> None:
+    from visionkit.contrib.blocks import MobileViTBlock, fold_patches
+    from visionkit.contrib.layers import InvertedResidual
+
+    for ratio in (0, -2, float("nan")):
+        with pytest.raises(ValueError, match="expand_ratio must be positive and finite"):
+            InvertedResidual(16, 24, stride=2, expand_ratio=ratio)
+    with pytest.raises(TypeError, match="local_depthwise"):
+        MobileViTBlock(48, 64, 128, num_layers=1, local_depthwise="no")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\(B, C, P, N\) patches, got shape \(1, 3, 4\)"):
+        fold_patches(torch.rand(1, 3, 4), 4, 4, 2)

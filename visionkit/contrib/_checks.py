@@ -11,7 +11,7 @@ import numbers
 import operator
 import os
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from kornia.core.check import KORNIA_CHECK_IS_TENSOR, KORNIA_CHECK_SHAPE, KORNIA_CHECK_TYPE
@@ -87,12 +87,12 @@ def check_positive_finite(name: str, value: Any) -> float:
 
 
 def check_probability(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise ``TypeError`` unless it is an ``int`` or ``float`` (not ``bool``) and
+    """Return ``value`` as a float, or raise ``TypeError`` unless it is a real number (:func:`check_real`) and
     ``ValueError`` unless it is in ``[0, 1)`` (a dropout probability)."""
-    check_type(name, value, (int, float))
-    if not 0.0 <= value < 1.0:  # NaN fails too
+    number = check_real(name, value)
+    if not 0.0 <= number < 1.0:  # NaN fails too
         raise ValueCheckError(f"{name} must be in [0, 1), got {value!r}", actual_value=value)
-    return float(value)
+    return number
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
@@ -121,22 +121,30 @@ def check_image(x: Any, channels: int) -> None:
         )
 
 
-def check_same_place(x: torch.Tensor, weight: torch.Tensor) -> None:
+def check_same_place(x: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
     """Raise unless ``x`` is on ``weight``'s device and of its dtype, or of a dtype :func:`torch.autocast` casts.
+
+    ``weight`` is a module's first parameter (``next(module.parameters(), None)``), so that the check holds whatever
+    layers the module holds now; ``None`` (a module without parameters, e.g. one whose layers were quantized) checks
+    nothing and leaves the layers to take or refuse the input.
 
     Raises:
         ValueError: the devices differ.
         TypeError: the dtypes differ and autocast is off, or the input is float64 (autocast leaves float64 alone).
     """
+    if weight is None:
+        return
     if x.device != weight.device:
         raise ValueCheckError(
             f"the input is on {x.device} but the model is on {weight.device}; move one with .to()",
             actual_value=x.device,
         )
     if x.dtype != weight.dtype and (x.dtype == torch.float64 or not torch.is_autocast_enabled(x.device.type)):
+        # a model can only be converted to a floating-point dtype
+        model_advice = f" or the model with model.to({x.dtype})" if x.is_floating_point() else ""
         raise TypeCheckError(
             f"the input has dtype {x.dtype} but the model has dtype {weight.dtype}; convert the input with "
-            f"x.to({weight.dtype}) or the model with model.to({x.dtype})",
+            f"x.to({weight.dtype}){model_advice}",
             actual_type=x.dtype,
         )
 

@@ -17,7 +17,7 @@ import torch
 from kornia.core.exceptions import TypeCheckError, ValueCheckError
 from torch import nn
 
-from ._checks import check_positive_finite, check_positive_int, check_type
+from ._checks import check_positive_finite, check_positive_int, check_real, check_type
 
 __all__ = ["SSD_ASPECT_RATIOS", "SSDAnchorGenerator"]
 
@@ -79,12 +79,9 @@ class SSDAnchorGenerator(nn.Module):
                 raise TypeCheckError(
                     f"each aspect_ratios entry must be a sequence of numbers, got {level!r}", actual_type=type(level)
                 )
-            for ratio in level:
-                check_type("aspect ratio", ratio, (int, float))
-                check_positive_finite("aspect ratio", ratio)
-            ratios.append(tuple(level))
-        check_type("min_scale", min_scale, (int, float))
-        check_type("max_scale", max_scale, (int, float))
+            ratios.append(tuple(check_positive_finite("aspect ratio", ratio) for ratio in level))
+        min_scale = check_real("min_scale", min_scale)
+        max_scale = check_real("max_scale", max_scale)
         check_type("clip", clip, bool)
         if not 0 < min_scale < max_scale < math.inf:
             raise ValueCheckError(
@@ -137,8 +134,8 @@ class SSDAnchorGenerator(nn.Module):
             level, then ``y``, then ``x``, then anchor.
 
         Raises:
-            TypeError: ``feature_sizes`` is not a sequence, a size holds something other than ints, or ``dtype``
-                is not a floating dtype.
+            TypeError: ``feature_sizes`` is not a sequence, a size holds something other than ints, ``device`` is
+                not a device, or ``dtype`` is not a floating dtype.
             ValueError: the number of sizes differs from the number of levels, or a size is not a pair of positive
                 ints.
         """
@@ -154,6 +151,8 @@ class SSDAnchorGenerator(nn.Module):
             )
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeCheckError(f"dtype must be a floating torch.dtype, got {dtype!r}", actual_type=type(dtype))
+        if device is not None:
+            check_type("device", device, (torch.device, str, int))
         levels = []
         for level, size in enumerate(feature_sizes):
             if not isinstance(size, Sequence) or len(size) != 2:

@@ -325,7 +325,7 @@ class MobileViTBackbone(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         check_image(x, self.in_channels)
-        check_same_place(x, self.conv_1.block.conv.weight)
+        check_same_place(x, next(self.parameters(), None))
 
     @property
     def stages(self) -> tuple[nn.Module, ...]:

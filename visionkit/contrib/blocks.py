@@ -157,6 +157,10 @@ def fold_patches(x: torch.Tensor, height: int, width: int, patch_size: int) -> t
         >>> torch.equal(fold_patches(unfold_patches(x, 2), 8, 6, 2), x)
         True
     """
+    if _checks_apply(x):
+        check_type("x", x, torch.Tensor)
+        if x.dim() != 4:
+            raise ValueCheckError(f"x must be (B, C, P, N) patches, got shape {tuple(x.shape)}")
     return fold_tokens(x.permute(0, 2, 3, 1), height, width, patch_size)
 
 
@@ -266,6 +270,7 @@ class MobileViTBlock(nn.Module):
     ) -> None:
         super().__init__()
         _check_block_sizes(in_channels, attn_dim, ffn_dim, num_layers, patch_size)
+        check_type("local_depthwise", local_depthwise, bool)
         if fusion not in ("input", "local"):
             raise ValueError(f"fusion must be 'input' or 'local', got {fusion!r}")
         self.patch_size = patch_size

@@ -140,7 +140,7 @@ class SSDLiteHead(nn.Module):
 
     Raises:
         TypeError: an argument has the wrong type, or the input is not a list/tuple of tensors.
-        ValueError: ``in_channels`` does not have two entries, ``num_classes < 1``, ``proj_channels`` or
+        ValueError: ``in_channels`` does not have two entries, ``num_classes < 2``, ``proj_channels`` or
             ``aspect_ratios`` do not have six entries, or (at forward) the maps' count or channels differ from
             ``in_channels``.
 
@@ -182,7 +182,12 @@ class SSDLiteHead(nn.Module):
             )
         for channels in in_channels:
             check_positive_int("in_channels[...]", channels)
-        check_positive_int("num_classes", num_classes)
+        if check_positive_int("num_classes", num_classes) < 2:
+            raise ValueCheckError(
+                f"num_classes counts the background class 0 and at least one object class, so it must be at least "
+                f"2, got {num_classes}",
+                actual_value=num_classes,
+            )
         if isinstance(proj_channels, (str, bytes)) or not isinstance(proj_channels, Sequence) or (
             len(proj_channels) != _NUM_LEVELS
         ):
@@ -249,7 +254,7 @@ class SSDLiteHead(nn.Module):
                 f"SSDLiteHead expects {_NUM_BACKBONE_LEVELS} feature maps (strides 16 and 32), got {len(features)}",
                 actual_value=len(features),
             )
-        weight = next(self.parameters())
+        weight = next(self.parameters(), None)
         for feature, channels in zip(features, self.in_channels):
             check_image(feature, channels)
             check_same_place(feature, weight)

@@ -91,7 +91,7 @@ class ClassificationHead(nn.Sequential):
             )
         if x.shape[2] < 1 or x.shape[3] < 1:
             raise ValueCheckError(f"the feature map's height and width must be at least 1, got shape {tuple(x.shape)}")
-        check_same_place(x, self.fc.weight)
+        check_same_place(x, next(self.parameters(), None))
 
     #: Top-level prefixes of official cvnets checkpoint keys that this head owns (see :meth:`cvnets_key`).
     cvnets_prefixes: tuple[str, ...] = ("classifier.",)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ._checks import check_positive_int, check_positive_int_or_pair, check_type
+from ._checks import check_positive_finite, check_positive_int, check_positive_int_or_pair, check_type
 
 __all__ = ["ConvLayer", "InvertedResidual", "make_divisible"]
 
@@ -563,6 +563,10 @@ class InvertedResidual(nn.Module):
         - Input: :math:`(B, C_{in}, H, W)`
         - Output: :math:`(B, C_{out}, H / s, W / s)` (rounded up) for stride :math:`s`.
 
+    Raises:
+        TypeError: ``expand_ratio`` is not a real number.
+        ValueError: ``expand_ratio`` is not positive and finite.
+
     Example:
         >>> block = InvertedResidual(16, 24, stride=2, expand_ratio=2)
         >>> block(torch.rand(1, 16, 32, 32)).shape
@@ -580,6 +584,7 @@ class InvertedResidual(nn.Module):
         act_layer: Callable[[], nn.Module] = nn.SiLU,
     ) -> None:
         super().__init__()
+        expand_ratio = check_positive_finite("expand_ratio", expand_ratio)
         expand = not math.isclose(expand_ratio, 1.0)
         hidden = make_divisible(int(round(in_channels * expand_ratio)), 8) if expand else in_channels
         layers: OrderedDict[str, nn.Module] = OrderedDict()

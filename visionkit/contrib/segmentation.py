@@ -139,7 +139,18 @@ class ASPP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 and not is_recording() and self._pooling_normalises_per_batch():
+            # checked first: the pooling branch runs last and would fail after the others updated their statistics
+            raise ValueCheckError(
+                "in training mode ASPP needs a batch of at least 2: its image-pooling branch normalises a 1x1 map, "
+                "where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval())",
+                actual_value=tuple(x.shape),
+            )
         return self.dropout(self.project(torch.cat([branch(x) for branch in self.convs], dim=1)))
+
+    def _pooling_normalises_per_batch(self) -> bool:
+        """Whether a BatchNorm of the image-pooling branch is in training mode (frozen norms, in eval, are fine)."""
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.convs[-1].modules())
 
 
 class DeepLabV3Head(nn.Module):
@@ -244,12 +255,9 @@ class DeepLabV3Head(nn.Module):
             Logits :math:`(B, K, \\cdot, \\cdot)` (see the class docstring for the size).
         """
         check_image(x, self.in_channels)
-        check_same_place(x, self.classifier.block.conv.weight)
-        if x.shape[0] == 1 and not is_recording() and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training  # frozen norms (eval) are fine
-            for m in self.aspp.aspp_layer.convs[-1].modules()
-        ):
-            # checked first: the pooling branch fails only after the other branches updated their statistics
+        check_same_place(x, next(self.parameters(), None))
+        if x.shape[0] == 1 and not is_recording() and self.aspp.aspp_layer._pooling_normalises_per_batch():
+            # checked here too, to name the head and what ran before it
             raise ValueCheckError(
                 "in training mode DeepLabV3Head needs a batch of at least 2: its image-pooling branch normalises a "
                 "1x1 map, where BatchNorm sees a single value per channel; got a batch of 1 (or call .eval()). A "
@@ -344,6 +352,7 @@ class SegmentationModel(nn.Module):
 
     Raises:
         TypeError: ``backbone`` or ``head`` is not an ``nn.Module`` or ``align_corners`` is not a bool.
+        ValueError: the backbone's ``out_channels`` differs from the head's ``in_channels`` (where both have one).
 
     Example:
         >>> import torch
@@ -360,6 +369,14 @@ class SegmentationModel(nn.Module):
         check_type("backbone", backbone, nn.Module)
         check_type("head", head, nn.Module)
         check_type("align_corners", align_corners, bool)
+        produced, taken = getattr(backbone, "out_channels", None), getattr(head, "in_channels", None)
+        if isinstance(produced, int) and isinstance(taken, int) and produced != taken:
+            raise ValueCheckError(
+                f"the backbone's feature map has {produced} channels but the head takes {taken}: build the head "
+                f"with in_channels=backbone.out_channels ({produced}); a DeepLabV3 head reads a backbone built with "
+                "expand_output=False",
+                actual_value=(produced, taken),
+            )
         self.backbone = backbone
         self.head = head
         self.align_corners = align_corners
