@@ -451,6 +451,9 @@ def test_train_one_epoch_takes_any_iterable_and_checks_its_arguments_before_chan
         (dict(epoch=True), TypeError, "epoch"),
         (dict(epoch=-1), ValueError, "epoch must be >= 0"),
         (dict(loss_fn="ce"), TypeError, "loss_fn must be callable"),
+        (dict(scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)), TypeError, "needs one"),
+        (dict(progress="no"), TypeError, "progress"),
+        (dict(description=5), TypeError, "description"),
     ]:
         arguments = dict(optimizer=optimizer, epoch=0) | bad
         with pytest.raises(error, match=message):
@@ -498,3 +501,111 @@ def test_make_loader_takes_numpy_and_tensor_batch_sizes():
     for size in (np.int64(4), torch.tensor(4)):
         loader = make_loader(list(range(10)), size, DistributedContext(), shuffle=False)
         assert loader.batch_size == 4 and type(loader.batch_size) is int
+
+
+def test_every_pass_over_a_loader_has_its_own_order_unless_the_epoch_is_given():
+    from visionkit.training import train_one_epoch
+
+    data = torch.utils.data.TensorDataset(torch.arange(16))
+    for context in (DistributedContext(), DistributedContext(rank=1, world_size=2)):  # no process group needed
+        loader = make_loader(data, 4, context, shuffle=True, seed=3)
+        passes = [[int(i) for (b,) in loader for i in b] for _ in range(3)]
+        assert len({tuple(order) for order in passes}) == 3 and len(passes[0]) == 16 // context.world_size
+        loader.sampler.set_epoch(1)
+        assert [int(i) for (b,) in loader for i in b] == passes[1]  # the epoch number, not the pass, sets it
+    seen = []
+
+    def record(logits, labels):
+        seen.append(labels.tolist())
+        return logits.sum() * 0
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pairs = torch.utils.data.TensorDataset(torch.rand(8, 1), torch.arange(8))
+    loader = make_loader(pairs, 8, DistributedContext(), shuffle=True)
+    for _ in range(2):  # the module docstring's loop, without epoch=
+        train_one_epoch(model, loader, optimizer, DistributedContext(), loss_fn=record)
+    assert seen[0] != seen[1]
+
+
+def test_train_one_epoch_refuses_labels_it_cannot_score_before_the_forward():
+    from visionkit.training import train_one_epoch
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(16, 2)).eval()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(4, 3, 4, 4)
+    for labels in (torch.randint(0, 2, (4, 2)), torch.rand(4), torch.zeros(3, dtype=torch.long)):
+        with pytest.raises(ValueError, match=f"dtype {labels.dtype}"):
+            train_one_epoch(model, [(images, labels)], optimizer, DistributedContext())
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # no statistics updated
+
+
+def test_an_empty_loader_is_an_error_not_a_nan_result():
+    from visionkit.training import evaluate, train_one_epoch
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1, 2))
+    three = torch.utils.data.TensorDataset(torch.rand(3, 1), torch.arange(3))
+    loader = make_loader(three, 4, DistributedContext(), shuffle=False, drop_last=True)
+    with pytest.raises(ValueError, match="gave no batch"):
+        evaluate(model, loader, DistributedContext())
+    with pytest.raises(ValueError, match="gave no batch"):
+        train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), DistributedContext())
+
+
+@pytest.mark.parametrize("environment", [{"RANK": "1"}, {"WORLD_SIZE": "0"}, {"WORLD_SIZE": "2", "RANK": "2"},
+                                         {"LOCAL_RANK": "-1"}])
+def test_a_torchrun_environment_out_of_range_is_refused(environment, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0"):
+        init_distributed("cpu")
+
+
+def test_demo_checks_its_arguments_and_output_before_training(tmp_path, monkeypatch):
+    import numpy as np
+
+    import visionkit.demo as demo
+    from visionkit.demo import DigitsBatch, predict
+
+    monkeypatch.setattr(demo, "train_one_epoch", lambda *a, **k: pytest.fail("training started"))
+    quick = dict(epochs=1, image_size=8, limit=50, batch_size=16, progress=False, device="cpu")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "out" / "checkpoint.pt").mkdir(parents=True)
+    for bad, error, message in [
+        (dict(output=tmp_path / "a-file" / "sub"), NotADirectoryError, "is a file"),
+        (dict(output=tmp_path / "out"), IsADirectoryError, "checkpoint.pt' is a folder"),
+        (dict(seed=2**64), ValueError, "seed must be in"),
+        (dict(progress="no"), TypeError, "progress"),
+        (dict(log=None), TypeError, "log must be callable"),
+        (dict(output=None), TypeError, "output"),
+        (dict(variant=None), TypeError, "variant"),
+    ]:
+        with pytest.raises(error, match=message):
+            run_demo(**(dict(quick, output=tmp_path / "o") | bad))
+    with pytest.raises(ValueError, match="seed must be in"):
+        make_loader(torch.utils.data.TensorDataset(torch.arange(4)), 2, DistributedContext(), shuffle=True,
+                    seed=2**64)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    for bad in (dict(batch_size=0), dict(batch_size=-1), dict(image_size=0), dict(image_size=4)):
+        with pytest.raises(ValueError, match="batch_size|image_size"):
+            predict(model, torch.rand(2, 1, 8, 8), **(dict(image_size=8) | bad))
+    with pytest.raises(ValueError, match="image_size must be at least 8"):
+        DigitsBatch(4)
+    monkeypatch.undo()
+    result = run_demo(**(quick | dict(epochs=np.int64(1), image_size=np.int64(8))), output=tmp_path / "numpy",
+                      log=lambda *_: None)
+    assert result.reload_matches and load_checkpoint(tmp_path / "numpy" / "checkpoint.pt")[1]["image_size"] == 8
+
+
+def test_a_limited_split_is_stratified_when_it_can_be_and_the_whole_limit_is_the_full_split():
+    full_train, full_test = load_digits_split()
+    all_train, all_test = load_digits_split(1797)
+    assert torch.equal(all_test.tensors[1], full_test.tensors[1])
+    assert torch.equal(all_train.tensors[0], full_train.tensors[0])
+    _, test = load_digits_split(200)
+    assert torch.bincount(test.tensors[1], minlength=10).tolist() == [4] * 10
+    _, small = load_digits_split(46)
+    assert torch.bincount(small.tensors[1], minlength=10).tolist() == [1] * 10

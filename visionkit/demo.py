@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from .contrib._files import replaced_on_success
 from .contrib.heads import ClassificationHead
 from .contrib.variants import VARIANTS, build_variant
 from .training import (
+    _check_seed,
     evaluate,
     init_distributed,
     make_loader,
@@ -69,7 +71,9 @@ PREDICTIONS_NAME = "predictions.png"
 def load_digits_split(limit: Optional[int] = None) -> tuple[TensorDataset, TensorDataset]:
     """scikit-learn's digits as ``(train, test)`` datasets of 8x8 images in ``[0, 1]`` and integer labels.
 
-    The split is stratified with a fixed seed: 1,437 training and 360 test images.
+    The split is stratified by class with a fixed seed: 1,437 training and 360 test images. With ``limit`` the first
+    ``limit`` images are split with the same seed, stratified when each half can hold every class (from 46 of the
+    digits), otherwise not; unless ``limit`` keeps every image, the test images are not those of the full split.
 
     Args:
         limit: keep only the first ``limit`` images before splitting (for quick checks); all when ``None``.
@@ -98,11 +102,15 @@ def load_digits_split(limit: Optional[int] = None) -> tuple[TensorDataset, Tenso
         if limit < 20:
             raise ValueError(f"limit must be at least 20 images, got {limit}")
         images, labels = images[:limit], labels[:limit]
+    classes = torch.bincount(labels)
+    test_size = math.ceil(TEST_FRACTION * len(labels))  # as train_test_split rounds it
+    present = int((classes > 0).sum())
+    stratified = int(classes[classes > 0].min()) >= 2 and min(test_size, len(labels) - test_size) >= present
     train_idx, test_idx = train_test_split(
         torch.arange(len(labels)).numpy(),
         test_size=TEST_FRACTION,
         random_state=SPLIT_SEED,
-        stratify=labels.numpy() if limit is None else None,
+        stratify=labels.numpy() if stratified else None,
     )
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     return TensorDataset(images[train_idx], labels[train_idx]), TensorDataset(images[test_idx], labels[test_idx])
@@ -123,14 +131,26 @@ class DigitsBatch:
     image_size: int
     channels: int = 3
 
+    def __post_init__(self) -> None:
+        _check_image_size(self.image_size)
+        check_positive_int("channels", self.channels)
+
     def __call__(self, samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.stack([image for image, _ in samples])
         labels = torch.stack([label for _, label in samples])
         return to_model_input(images, self.image_size, self.channels), labels
 
 
+def _check_image_size(image_size: Any) -> int:
+    size = check_positive_int("image_size", image_size)
+    if size < 8:
+        raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
+    return size
+
+
 def to_model_input(images: torch.Tensor, image_size: int, channels: int = 3) -> torch.Tensor:
     """Upsample :math:`(B, 1, 8, 8)` digits to :math:`(B, C, S, S)`."""
+    image_size = _check_image_size(image_size)
     resized = F.interpolate(images, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return resized.expand(-1, channels, -1, -1).contiguous()
 
@@ -149,7 +169,13 @@ def build_classifier(variant: str = "mobilevit_xxs", num_classes: int = NUM_CLAS
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, image_size: int, batch_size: int = 256) -> torch.Tensor:
-    """Logits :math:`(N, K)` of ``model`` (in eval mode) for 8x8 digits :math:`(N, 1, 8, 8)`."""
+    """Logits :math:`(N, K)` of ``model`` (in eval mode) for 8x8 digits :math:`(N, 1, 8, 8)`.
+
+    Raises:
+        TypeError, ValueError: ``image_size`` is not an int of at least 8, or ``batch_size`` not a positive int.
+    """
+    image_size = _check_image_size(image_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     model.eval()
     device = next(model.parameters()).device
     outputs = [
@@ -236,6 +262,20 @@ def _plot_predictions(images: torch.Tensor, labels: torch.Tensor, predicted: tor
     plt.close(figure)
 
 
+def _check_output_folder(output: Path) -> None:
+    """Raise before training unless ``output`` is, or can be created as, a folder that takes the demo's files."""
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"the output {str(output)!r} exists and is not a folder")
+    existing = next(folder for folder in (output, *output.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"the output {str(output)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"the output {str(output)!r} cannot be written: {str(existing)!r} is not writable")
+    for name in (CHECKPOINT_NAME, CURVES_NAME, PREDICTIONS_NAME):
+        if (output / name).is_dir():
+            raise IsADirectoryError(f"{str(output / name)!r} is a folder; the demo writes a file there")
+
+
 @dataclass(frozen=True)
 class DemoResult:
     """What :func:`run_demo` measured and wrote (on rank 0; other ranks get the same accuracy)."""
@@ -281,22 +321,27 @@ def run_demo(
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range (``lr`` must be finite) or ``variant`` is unknown.
-        FileExistsError: ``output`` is an existing file (checked before training).
+        OSError: ``output`` cannot take the files (checked before training, on every process):
+            ``FileExistsError`` when it is an existing file, ``NotADirectoryError`` when a folder it would be created
+            in is a file, ``IsADirectoryError`` when one of the files to write is a folder, ``PermissionError`` when
+            the folder it would be written or created in is not writable.
         ImportError: matplotlib (the ``demo`` extra) is missing (checked before training).
     """
-    check_positive_int("epochs", epochs)
-    check_positive_int("image_size", image_size)
-    check_positive_int("batch_size", batch_size)
+    epochs = check_positive_int("epochs", epochs)  # numpy and 0-d tensor ints become an int
+    image_size = _check_image_size(image_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     check_type("lr", lr, (int, float))
     check_positive_finite("lr", lr)
-    check_type("seed", seed, int)
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8 (the digits are 8x8), got {image_size}")
+    seed = _check_seed(seed)
+    check_type("variant", variant, str)
+    check_type("output", output, (str, os.PathLike))
+    check_type("progress", progress, bool)
+    if not callable(log):
+        raise TypeError(f"log must be callable with one line of text, got {type(log).__name__}")
     if batch_size < 2:
         raise ValueError(f"batch_size must be at least 2 (BatchNorm needs two samples to train), got {batch_size}")
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise FileExistsError(f"the output {str(output)!r} exists and is not a folder")
+    _check_output_folder(output)
     import matplotlib  # noqa: F401  (the plots come after training: fail before it when the extra is missing)
 
     owns_group = not dist.is_initialized()  # a process group the caller created stays theirs

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import math
+import inspect
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -121,7 +121,8 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     Raises:
         TypeError: ``device`` is not a string.
         ValueError: ``device`` is unknown, ``"cuda"`` is asked for but not available, or a ``torchrun``
-            environment variable is not an integer.
+            environment variable is not an integer or out of range (``WORLD_SIZE >= 1``, ``0 <= RANK < WORLD_SIZE``,
+            ``LOCAL_RANK >= 0``).
     """
     check_type("device", device, str)
     check_choice("device", device, ("auto", "cpu", "cuda"))
@@ -131,6 +132,12 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size or local_rank < 0:
+        raise ValueError(
+            "the torchrun environment needs WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0, got "
+            f"WORLD_SIZE={world_size}, RANK={rank}, LOCAL_RANK={local_rank} (unset RANK, WORLD_SIZE and LOCAL_RANK "
+            "to run in one process)"
+        )
     if use_cuda:
         torch.cuda.set_device(local_rank)
         run_on = torch.device("cuda", local_rank)
@@ -243,9 +250,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 class _EpochShuffler(Sampler[int]):
     """One process's shuffling: the order of epoch ``e`` is a permutation seeded with ``seed + e`` (as
-    :class:`~torch.utils.data.distributed.DistributedSampler` seeds its own), so it depends on the epoch number
-    given to :meth:`set_epoch`, not on how often the loader was iterated before: a resumed run sees the same
-    orders as an uninterrupted one."""
+    :class:`~torch.utils.data.distributed.DistributedSampler` seeds its own); the epoch is the one given to
+    :meth:`set_epoch`, or else the pass after the previous one, so a resumed run that gives it sees the same orders
+    as an uninterrupted one."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.size = len(dataset)  # type: ignore[arg-type]
@@ -267,6 +274,38 @@ class _EpochShuffler(Sampler[int]):
         return self.size
 
 
+class _DistributedEpochSampler(DistributedSampler):
+    """:class:`~torch.utils.data.distributed.DistributedSampler` whose epoch, like :class:`_EpochShuffler`'s, counts
+    the passes over the loader unless :meth:`set_epoch` gave it (PyTorch's keeps the last epoch set, so without
+    ``set_epoch`` every pass had the same order)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_epoch = 0
+        self.given_epoch: Optional[int] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.given_epoch = epoch
+        super().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.next_epoch if self.given_epoch is None else self.given_epoch
+        self.given_epoch, self.next_epoch = None, epoch + 1
+        super().set_epoch(epoch)
+        return super().__iter__()
+
+
+#: The seeds torch.Generator.manual_seed takes with room for the epoch added to them.
+_SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _check_seed(seed: Any) -> int:
+    check_type("seed", seed, int)
+    if not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
+        raise ValueError(f"seed must be in [-2**63, 2**63 - 1], got {seed}")
+    return seed
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -283,9 +322,9 @@ def make_loader(
     Distributed, a :class:`~torch.utils.data.distributed.DistributedSampler` deals the (shuffled) indices out
     round-robin, so rank ``r`` gets indices ``r, r + N, r + 2N, ...`` of the order; the last share is padded with
     repeated samples unless ``drop_last``. In one process the indices are shuffled with a permutation seeded with
-    ``seed + epoch`` (or kept in order), where the epoch counts the passes over the loader unless ``set_epoch``
-    gave it. :func:`train_one_epoch` sets the epoch through ``set_epoch`` (distributed or not), so each epoch has
-    its own order, and a resumed run the same orders as an uninterrupted one.
+    ``seed + epoch`` (or kept in order). Distributed or not, the epoch counts the passes over the loader unless
+    ``set_epoch`` gave it, so each pass has its own order; :func:`train_one_epoch` with ``epoch=`` sets it, so a
+    resumed run sees the same orders as an uninterrupted one.
 
     Args:
         dataset: a map-style dataset.
@@ -301,7 +340,7 @@ def make_loader(
         TypeError: an argument has the wrong type: ``dataset`` is not map-style (a
             ``torch.utils.data.IterableDataset``, which orders its own samples, or an object without
             ``__getitem__`` and ``__len__``), or ``collate_fn`` is not callable.
-        ValueError: ``batch_size < 1`` or ``num_workers < 0``.
+        ValueError: ``batch_size < 1``, ``num_workers < 0`` or ``seed`` outside :math:`[-2^{63}, 2^{63})`.
     """
     if isinstance(dataset, IterableDataset) or not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
         raise TypeError(
@@ -312,7 +351,7 @@ def make_loader(
     batch_size = check_positive_int("batch_size", batch_size)  # numpy and 0-d tensor ints become an int
     check_type("context", context, DistributedContext)
     check_type("shuffle", shuffle, bool)
-    check_type("seed", seed, int)
+    _check_seed(seed)
     check_type("drop_last", drop_last, bool)
     check_type("num_workers", num_workers, int)
     if collate_fn is not None and not callable(collate_fn):
@@ -321,7 +360,7 @@ def make_loader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     sampler: Any
     if context.is_distributed:
-        sampler = DistributedSampler(
+        sampler = _DistributedEpochSampler(
             dataset,
             num_replicas=context.world_size,
             rank=context.rank,
@@ -349,8 +388,11 @@ def _reduced(totals: torch.Tensor, context: DistributedContext) -> EpochResult:
         dist.all_reduce(totals, op=dist.ReduceOp.SUM)
     loss_sum, correct, samples = totals.tolist()
     count = max(int(round(samples)), 0)
-    if count == 0:
-        return EpochResult(loss=math.nan, accuracy=math.nan, samples=0)
+    if count == 0:  # every rank saw nothing (the sums are over all of them), so every rank raises
+        raise ValueError(
+            "the loader gave no batch (an empty dataset, or drop_last=True with fewer samples than one batch per "
+            "process): there is no loss or accuracy to report"
+        )
     return EpochResult(loss=loss_sum / count, accuracy=correct / count, samples=count)
 
 
@@ -385,6 +427,36 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).sum()
 
 
+def _check_labels(images: Any, labels: Any) -> None:
+    """What :func:`_correct` needs of a batch's labels that is known before the forward: a tensor of class indices
+    :math:`(B,)` of an integer dtype, or of class probabilities :math:`(B, K)` of a floating dtype."""
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor, got {type(labels).__name__}")
+    batch = images.shape[0] if isinstance(images, torch.Tensor) and images.dim() > 0 else None
+    indices = labels.dim() == 1 and not labels.is_floating_point() and labels.dtype != torch.bool
+    probabilities = labels.dim() == 2 and labels.is_floating_point()
+    if not (indices or probabilities) or labels.shape[0] != batch:
+        raise ValueError(
+            f"labels must be class indices (B,) of an integer dtype or class probabilities (B, K) of a floating "
+            f"dtype, with B = {batch} as in the images; got shape {tuple(labels.shape)} and dtype {labels.dtype}"
+        )
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    step = getattr(scheduler, "step", None)
+    if not callable(step):
+        raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
+    try:
+        inspect.signature(step).bind()
+    except TypeError:
+        raise TypeError(
+            f"scheduler.step() is called with no argument after every optimiser step, but {type(scheduler).__name__}"
+            f".step needs one {inspect.signature(step)}; step it yourself (e.g. ReduceLROnPlateau after evaluate)"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): it will be called as it is
+        pass
+
+
 def _check_loop_arguments(model: Any, context: Any, loss_fn: Any) -> None:
     check_type("model", model, nn.Module)
     check_type("context", context, DistributedContext)
@@ -398,7 +470,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     context: DistributedContext,
     *,
-    epoch: int = 0,
+    epoch: Optional[int] = None,
     loss_fn: LossFunction = nn.functional.cross_entropy,
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
     progress: bool = False,
@@ -416,9 +488,12 @@ def train_one_epoch(
             or any iterable of batches (only :func:`make_loader`'s samplers are reseeded per epoch).
         optimizer: the optimiser of ``model``'s parameters.
         context: from :func:`init_distributed`.
-        epoch: epoch number; reseeds the loader's shuffling (distributed or not) so every epoch has its own order.
+        epoch: epoch number; sets the order of :func:`make_loader`'s shuffling (distributed or not), so that a
+            resumed run sees the orders of an uninterrupted one. ``None``: the loader's next pass, which has an
+            order of its own too.
         loss_fn: ``loss_fn(logits, labels)`` returning the mean loss of the batch.
-        scheduler: stepped after every optimiser step, if given.
+        scheduler: stepped (``scheduler.step()``, no argument) after every optimiser step, if given;
+            ``ReduceLROnPlateau``, which needs a metric, is stepped by the caller after :func:`evaluate`.
         progress: show a progress bar with the running loss and accuracy (rank 0 only).
         description: label of the progress bar.
 
@@ -426,26 +501,32 @@ def train_one_epoch(
         Mean loss and accuracy over the epoch, measured on the fly (with the weights of the moment).
 
     Raises:
-        TypeError: an argument has the wrong type (checked before anything changes).
-        ValueError: ``epoch`` is negative, or a batch's labels are neither class indices :math:`(B,)` nor class
-            probabilities :math:`(B, K)`.
+        TypeError: an argument has the wrong type, or ``scheduler.step`` needs an argument (checked before anything
+            changes).
+        ValueError: ``epoch`` is negative, the loader gives no batch, or a batch's labels are neither class indices
+            :math:`(B,)` (an integer dtype) nor class probabilities :math:`(B, K)` (a floating dtype); the labels'
+            type, rank and batch size are checked before the batch reaches the model.
         ImportError: ``progress=True`` without tqdm installed.
     """
     _check_loop_arguments(model, context, loss_fn)
     check_type("optimizer", optimizer, torch.optim.Optimizer)
-    check_type("epoch", epoch, int)
-    if epoch < 0:
-        raise ValueError(f"epoch must be >= 0, got {epoch}")
-    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
-        raise TypeError(f"scheduler must have a step() method, got {type(scheduler).__name__}")
+    if epoch is not None:
+        check_type("epoch", epoch, int)
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+    check_type("progress", progress, bool)
+    check_type("description", description, str)
+    if scheduler is not None:
+        _check_scheduler(scheduler)
     bar = _progress(loader, progress and context.is_main, description)  # before any change: tqdm may be missing
     sampler = getattr(loader, "sampler", None)  # any iterable of batches works; only ours are reseeded
-    if isinstance(sampler, (DistributedSampler, _EpochShuffler)):
+    if epoch is not None and isinstance(sampler, (DistributedSampler, _EpochShuffler)):
         sampler.set_epoch(epoch)
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)
     for images, labels in bar:
         images, labels = images.to(context.device), labels.to(context.device)
+        _check_labels(images, labels)  # before the forward: a refused batch leaves the BatchNorm statistics alone
         logits = model(images)
         loss = loss_fn(logits, labels)
         with torch.no_grad():
@@ -495,7 +576,8 @@ def evaluate(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: a batch's labels are neither class indices :math:`(B,)` nor class probabilities :math:`(B, K)`.
+        ValueError: the loader gives no batch, or a batch's labels are neither class indices :math:`(B,)` nor class
+            probabilities :math:`(B, K)`.
     """
     _check_loop_arguments(model, context, loss_fn)
     model.eval()
