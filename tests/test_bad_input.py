@@ -107,7 +107,7 @@ def test_empty_batch_returns_an_empty_batch(name: str) -> None:
 def test_classification_head_arguments() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         ClassificationHead(320, 0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="in_channels must be an int"):
         ClassificationHead(320.0, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dropout"):
         ClassificationHead(320, 10, dropout=1.0)
@@ -583,7 +583,8 @@ def test_numpy_scalars_are_taken_for_dropouts_scales_and_aspect_ratios() -> None
 
     from visionkit.contrib import SSDAnchorGenerator
 
-    assert MobileViT(mode="xxs", dropout=np.float32(0.1)) is not None
+    dropout = MobileViT(mode="xxs", dropout=np.float32(0.1)).config.dropout
+    assert type(dropout) is float and dropout == pytest.approx(0.1)
     assert ClassificationHead(320, 10, dropout=np.float32(0.1)).dropout.p == pytest.approx(0.1)
     reference = SSDAnchorGenerator(((2,), (2, 3)), min_scale=0.2, max_scale=0.9)
     numpy = SSDAnchorGenerator(((np.int64(2),), (2, np.float32(3))), min_scale=np.float32(0.2), max_scale=0.9)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,24 +166,30 @@ def test_unknown_variant_or_autocast_is_refused_before_anything_runs() -> None:
         benchmark.main(["--autocast", "int8"])
 
 
-def test_short_calls_are_repeated_within_a_round() -> None:
+def test_short_calls_are_repeated_within_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
     assert benchmark.calls_per_round(0.012, 0.1) == 9
     assert benchmark.calls_per_round(0.25, 0.1) == 1
     with pytest.raises(ValueError, match="positive"):
         benchmark.calls_per_round(0.0, 0.1)
+    # A clock the calls advance by fixed steps, so that the counts do not depend on the load of the machine.
+    now = [0.0]
+    monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    steps = {"fast": 0.0001, "slow": 0.03}
     counts = {"fast": 0, "slow": 0}
 
-    def fast() -> None:
-        counts["fast"] += 1
+    def runner(key: str) -> Callable[[], None]:
+        def call() -> None:
+            counts[key] += 1
+            now[0] += steps[key]
 
-    def slow() -> None:
-        counts["slow"] += 1
-        time.sleep(0.03)
+        return call
 
-    medians = benchmark._time_rounds({"fast": fast, "slow": slow}, 3, torch.device("cpu"), min_round_seconds=0.05)
+    runners = {key: runner(key) for key in steps}
+    medians = benchmark._time_rounds(runners, 3, torch.device("cpu"), min_round_seconds=0.05)
     assert counts["slow"] == 1 + 3 * 2  # calibration call, then two calls (>= 50 ms) in each of the three rounds
-    assert counts["fast"] > 1 + 3 * 100  # microsecond calls fill 50 ms with many repeats
-    assert 0.03 <= medians["slow"] < 0.06 and medians["fast"] < 0.001
+    assert counts["fast"] == 1 + 3 * benchmark.calls_per_round(0.0001, 0.05)  # short calls fill 50 ms: ~500 each
+    assert benchmark.calls_per_round(0.0001, 0.05) >= 499
+    assert medians["slow"] == pytest.approx(0.03) and medians["fast"] == pytest.approx(0.0001)
 
 
 def test_page_faults_per_call_are_counted_per_implementation() -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from torch import nn
 
 from visionkit.cli import main
 from visionkit.contrib.summary import count_macs
@@ -31,11 +33,29 @@ def test_summary_family_filter_and_no_latency(capsys: pytest.CaptureFixture[str]
 
 
 def test_macs_are_counted_by_pytorch_flop_counter() -> None:
-    # The FlopCounterMode count of v1-XXS at 256 (convolutions, linears and attention matmuls; no norms).
-    macs = count_macs(build_variant("mobilevit_xxs"), 256, 256)
-    stem = 16 * 3 * 9 * 128 * 128  # the first conv alone
-    assert stem < macs < 420e6
-    assert count_macs(build_variant("mobilevit_xxs"), 128, 128) < macs / 3
+    # The FlopCounterMode count of v1-XXS at 256 (convolutions, linears and attention matmuls; no norms), against
+    # an independent count: hooks on every convolution and linear, plus the two attention products of each
+    # transformer layer (Q K^T and the weighted sum of V: 2 P N^2 d multiply-adds for P patch positions, N patches).
+    model = build_variant("mobilevit_xxs").eval()
+    layers = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal layers
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1]
+            layers += output.numel() * module.in_channels // module.groups * kernel
+        else:
+            layers += output.numel() * module.in_features
+
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.rand(1, 3, 256, 256))
+    # (transformer layers, patches N, dim d) of layers 3-5 at 256x256, 2x2 patches (P = 4)
+    attention = sum(depth * 2 * 4 * n**2 * dim for depth, n, dim in ((2, 256, 64), (4, 64, 80), (3, 16, 96)))
+    assert count_macs(build_variant("mobilevit_xxs"), 256, 256) == layers + attention
+    assert count_macs(build_variant("mobilevit_xxs"), 128, 128) < (layers + attention) / 3
 
 
 def test_python_dash_m_entry_point() -> None:

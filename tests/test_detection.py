@@ -235,7 +235,9 @@ def test_batched_nms_separates_labels_with_negative_coordinates() -> None:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("batch", [0, 1])
 def test_every_family_non_square_and_small_batches(family: str, batch: int) -> None:
-    detector = _detector(FAMILIES[family], num_classes=5, conf_threshold=0.3).eval()
+    # 0.15 lies below every family's largest class probability here (random weights: 0.25-0.3 for v1 and v3), so
+    # the per-detection checks below run on detections, not on empty tensors
+    detector = _detector(FAMILIES[family], num_classes=5, conf_threshold=0.15).eval()
     images = torch.rand(batch, 3, 128, 96)
     with torch.no_grad():
         offsets, logits, anchors = detector(images)
@@ -247,9 +249,10 @@ def test_every_family_non_square_and_small_batches(family: str, batch: int) -> N
     assert torch.isfinite(offsets).all() and torch.isfinite(logits).all()
     assert len(detections) == batch
     for result in detections:
+        assert result["scores"].numel() > 0
         assert result["boxes"].shape == (result["scores"].numel(), 4)
         assert ((result["labels"] >= 1) & (result["labels"] < 5)).all()
-        assert (result["scores"] > 0.3).all()
+        assert (result["scores"] > 0.15).all()
 
 
 @pytest.mark.parametrize("family", ["v1_xxs", "v2_050"])
@@ -324,7 +327,7 @@ def test_feature_extractor() -> None:
         FeatureExtractor(MobileViTv2(0.5), indices=(3, 5))
     with pytest.raises(ValueError, match="at least one"):
         FeatureExtractor(MobileViTv2(0.5), indices=())
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="indices must be a sequence of ints"):
         FeatureExtractor(MobileViTv2(0.5), indices=3)
 
 

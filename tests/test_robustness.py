@@ -111,9 +111,12 @@ def test_non_tensor_input_and_bad_indices():
     with pytest.raises(TypeError):
         backbone([[1.0]])
     x = torch.rand(1, 3, 32, 32)
-    for indices, error in (((5,), ValueError), ((-6,), ValueError), ((), ValueError), ("34", TypeError),
-                           ((1.0,), TypeError), (3, TypeError)):
-        with pytest.raises(error):
+    for indices, error, message in (
+        ((5,), ValueError, "level index"), ((-6,), ValueError, "level index"),
+        ((), ValueError, "at least one level"), ("34", TypeError, "sequence of ints"),
+        ((1.0,), TypeError, "must be an int"), (3, TypeError, "sequence of ints"),
+    ):
+        with pytest.raises(error, match=message):
             backbone.forward_intermediates(x, indices)
 
 
@@ -160,9 +163,15 @@ def test_classification_head_shapes(in_channels, num_classes, batch, size):
 
 
 def test_classification_head_bad_arguments():
-    for args, error in (((0, 10), ValueError), ((8, 0), ValueError), ((8.0, 10), TypeError),
-                        ((8, 10, 1.5), ValueError), ((8, 10, "0.1"), TypeError), ((True, 10), TypeError)):
-        with pytest.raises(error):
+    for args, error, message in (
+        ((0, 10), ValueError, "in_channels must be a positive integer"),
+        ((8, 0), ValueError, "num_classes must be a positive integer"),
+        ((8.0, 10), TypeError, "in_channels must be an int"),
+        ((8, 10, 1.5), ValueError, r"dropout must be in \[0, 1\)"),
+        ((8, 10, "0.1"), TypeError, "dropout must be a real number"),
+        ((True, 10), TypeError, "in_channels must be an int"),
+    ):
+        with pytest.raises(error, match=message):
             ClassificationHead(*args)
 
 

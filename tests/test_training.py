@@ -232,7 +232,7 @@ def test_make_loader_shards_and_shuffles_reproducibly():
     orders = [[int(i) for (b,) in make_loader(data, 3, DistributedContext(), shuffle=True, seed=5) for i in b]
               for _ in range(2)]
     assert orders[0] == orders[1] and sorted(orders[0]) == list(range(10)) and orders[0] != list(range(10))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         make_loader(data, 0, DistributedContext(), shuffle=False)
 
 
@@ -392,12 +392,17 @@ def test_wrap_model_leaves_the_model_unchanged_when_it_fails():
     assert {name: (t.data_ptr(), t.stride()) for name, t in model.state_dict().items()} == before
 
 
-def test_wrap_model_puts_the_batchnorms_back_when_it_fails_after_the_sync_batchnorm_conversion():
+def test_wrap_model_puts_the_batchnorms_back_when_it_fails_after_the_sync_batchnorm_conversion(monkeypatch):
     model = MobileViT("xxs")
     norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
-    # no CUDA here: the move to the device fails after the conversion
-    with pytest.raises((AssertionError, RuntimeError)):
+
+    def failing_move(module, *args, **kwargs):
+        raise RuntimeError("the move to the device failed")
+
+    monkeypatch.setattr(nn.Module, "to", failing_move)  # fails after the conversion, with or without a GPU
+    with pytest.raises(RuntimeError, match="the move to the device failed"):
         wrap_model(model, DistributedContext(device=torch.device("cuda", 0)), sync_batchnorm=True)
+    monkeypatch.undo()
     assert {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)} == norms
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
