@@ -120,3 +120,17 @@ def test_summary_refuses_bad_numbers_in_one_line(option, message, capsys: pytest
     assert main(["summary", "--family", "MobileViT", *option]) == 2
     captured = capsys.readouterr()
     assert captured.err.strip() == f"visionkit summary: error: {message}" and captured.out == ""
+
+
+def test_count_macs_and_summarize_check_their_arguments() -> None:
+    from visionkit.contrib.summary import summarize
+
+    model = build_variant("mobilevit_xxs")
+    with pytest.raises(ValueError, match="first Conv2d, and Linear has none"):
+        count_macs(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="height must be a positive integer"):
+        count_macs(model, -1, 64)
+    with pytest.raises(TypeError, match="height must be an int"):
+        count_macs(model, 64.0, 64)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        summarize(VARIANTS[0], size=64, repeats=0)

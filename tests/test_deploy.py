@@ -260,3 +260,22 @@ def test_fuse_folds_sync_batchnorm_too() -> None:
         model.fuse()
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def test_fuse_refuses_a_convolution_under_the_old_weight_norm_before_changing_anything() -> None:
+    import warnings
+
+    from visionkit.contrib import MobileViT
+    from visionkit.contrib.layers import ConvLayer
+
+    model = MobileViT(mode="xxs").eval()
+    layer = next(m for m in model.modules() if isinstance(m, ConvLayer) and hasattr(m.block, "norm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old API is deprecated, and still used
+        torch.nn.utils.weight_norm(layer.block.conv)
+    x = torch.rand(1, 3, 64, 64)
+    before = model(x)
+    with pytest.raises(ValueError, match="weight_norm.*conv_1.block.conv"):
+        model.fuse()
+    assert hasattr(layer.block, "norm")
+    torch.testing.assert_close(model(x), before)

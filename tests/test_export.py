@@ -394,3 +394,48 @@ def test_aoti_package_compiles_a_frozen_channels_last_copy_or_the_model_itself(
     model.lock = threading.Lock()  # cannot be deep-copied: the model itself is compiled, unchanged
     export_aoti_package(model, tmp_path / "m.pt2", input_size=(8, 8))
     assert seen[-1][0]["freezing"] is True and model[0].weight.is_contiguous()
+
+
+def test_exports_refuse_before_tracing_what_they_could_only_fail_on_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionkit.contrib import export_program
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export ran")
+
+    monkeypatch.setattr(torch.export, "export", no_export)
+    model = MobileViT("xxs").eval()
+    with pytest.raises(IsADirectoryError, match="ends with a path separator"):
+        export_onnx(model, str(tmp_path / "new") + "/", input_size=(64, 64))
+    with pytest.raises(ValueError, match="output path is empty"):
+        export_onnx(model, "", input_size=(64, 64))
+    with pytest.raises(ValueError, match="from 65 to 8192"):
+        export_program(model, input_size=(9000, 128))
+    with pytest.raises(ValueError, match="batch of at most 1024"):
+        export_program(model, input_size=(128, 128), batch=2000)
+    with torch.device("meta"):
+        meta = MobileViT("xxs").eval()
+    for export, name in ((export_onnx, "m.onnx"), (export_aoti_package, "m.pt2")):
+        with pytest.raises(ValueError, match="meta device"):
+            export(meta, tmp_path / name, input_size=(64, 64))
+    argv = ["export", "mobilevit_xxs", "-o"]
+    for args, message in (
+        ([str(tmp_path / "m.pt2"), "--opset", "17"], "--opset is for --format onnx"),
+        ([str(tmp_path / "m.onnx"), "--size", "0", "64"], "--size H W must be 1 or more"),
+        ([str(tmp_path / "m.onnx"), "--dynamic", "--size", "64", "64"], "--size H W must be 65 to 8192"),
+        ([str(tmp_path / "m.onnx"), "--dynamic", "--size", "9000", "128"], "--size H W must be 65 to 8192"),
+    ):
+        assert main([*argv, *args]) == 2
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_composite_with_a_layer_before_its_backbone_exports_with_its_own_channels() -> None:
+    from visionkit.contrib import export_program
+
+    grey = nn.Sequential(nn.Conv2d(1, 3, 1), MobileViT("xxs")).eval()
+    grey.in_channels = 1
+    program = export_program(grey, dynamic=False, input_size=(64, 64), batch=1)
+    x = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(program.module()(x), grey(x))

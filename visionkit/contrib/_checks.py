@@ -153,9 +153,15 @@ def check_output_folder(path: str | os.PathLike[str]) -> None:
     """Raise before slow work (an export, a benchmark run, a conversion) when ``path`` cannot be written as a file.
 
     Raises:
+        ValueError: ``path`` is empty.
         FileNotFoundError: the folder ``path`` would be written into does not exist.
-        IsADirectoryError: ``path`` itself is an existing folder.
+        IsADirectoryError: ``path`` itself is an existing folder, or ends with a path separator (names a folder).
     """
+    text = os.fspath(path)
+    if not text:
+        raise ValueCheckError("the output path is empty; give the path of the file to write", actual_value=text)
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) and not os.path.isdir(text):
+        raise IsADirectoryError(f"{text!r} ends with a path separator, so it names a folder; give the path of the file")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder to write {os.fspath(path)!r} into does not exist: {folder!r}")

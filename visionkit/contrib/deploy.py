@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
+from torch.nn.utils.weight_norm import WeightNorm
 
 from .layers import ConvLayer
 
@@ -135,6 +136,16 @@ def fuse_batchnorm(module: ModuleT) -> ModuleT:
         and m.block.norm.running_mean is not None
         and m.block.norm.running_var is not None
     ]
+    normalised = [
+        f"{name}.block.conv" for name, m in layers
+        if any(isinstance(hook, WeightNorm) for hook in m.block.conv._forward_pre_hooks.values())
+    ]
+    if normalised:
+        raise ValueError(
+            "fusing writes folded weights into the convolutions, but these compute their weight with the old "
+            f"weight_norm hook, which would overwrite them: {', '.join(normalised[:3])}"
+            f"{', ...' if len(normalised) > 3 else ''}; call torch.nn.utils.remove_weight_norm on them first"
+        )
     hooked = [f"{name}.block.norm" for name, m in layers if _hooked(m.block.norm)]
     if hooked:
         raise ValueError(

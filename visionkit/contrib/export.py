@@ -56,14 +56,25 @@ def _example_input(model: nn.Module, batch: int, input_size: Sequence[int]) -> t
         check_positive_int("input_size[...]", value)
     from .backbone import MobileViTBackbone
 
+    # the model's own in_channels first: a composite with a layer before its backbone (a grayscale adapter) sets it
     backbone = next((m for m in model.modules() if isinstance(m, MobileViTBackbone)), None)
-    channels = backbone.in_channels if backbone is not None else getattr(model, "in_channels", 3)
+    own = getattr(model, "in_channels", None)
+    channels = own if isinstance(own, int) else backbone.in_channels if backbone is not None else 3
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
     # a private generator: exporting leaves the global random state (dropout masks, data order) alone
     generator = torch.Generator().manual_seed(0)  # on the CPU: meta (and some other) devices have none
     return torch.rand(batch, channels, *input_size, dtype=dtype, generator=generator).to(device)
+
+
+def _refuse_meta(model: nn.Module) -> None:
+    """ONNX and AOTInductor write the weights' values, which a model on the meta device does not have."""
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "the model's parameters are on the meta device (no values to write): load weights first, e.g. with "
+            "load_state_dict(..., assign=True); export_program traces a meta model"
+        )
 
 
 def _channels_last_copy(model: nn.Module) -> nn.Module:
@@ -93,9 +104,10 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def _dynamic_shapes(input_size: Sequence[int]) -> tuple[dict[int, Any]]:
-    if min(input_size) < MIN_DYNAMIC_SIZE:
+    if not MIN_DYNAMIC_SIZE <= min(input_size) <= max(input_size) <= _MAX_DYNAMIC_SIZE:
         raise ValueError(
-            f"a dynamic export traces at input_size >= {MIN_DYNAMIC_SIZE} on both sides, got {tuple(input_size)}"
+            f"a dynamic export traces at an input_size from {MIN_DYNAMIC_SIZE} to {_MAX_DYNAMIC_SIZE} on both sides "
+            f"(the range of its symbolic height and width), got {tuple(input_size)}"
         )
     batch = torch.export.Dim("batch", min=1, max=_MAX_DYNAMIC_BATCH)
     height = torch.export.Dim("height", min=MIN_DYNAMIC_SIZE, max=_MAX_DYNAMIC_SIZE)
@@ -117,7 +129,10 @@ def export_program(
     for every size.
 
     Args:
-        model: a model taking images :math:`(B, C, H, W)`; put it in eval mode first for inference.
+        model: a model taking images :math:`(B, C, H, W)`; put it in eval mode first for inference. :math:`C` of
+            the example input is the model's own ``in_channels`` attribute where it has one, else that of the first
+            MobileViT backbone inside it, else 3 (set ``in_channels`` on a composite with a layer before its
+            backbone).
         dynamic: whether batch, height and width are symbolic (height and width from
             :data:`MIN_DYNAMIC_SIZE` to 8192).
         input_size: ``(height, width)`` of the example input used for tracing.
@@ -128,8 +143,9 @@ def export_program(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``input_size`` is not two positive ints (at least :data:`MIN_DYNAMIC_SIZE` when dynamic),
-            ``dynamic`` with ``batch=1``, or ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead`).
+        ValueError: ``input_size`` is not two positive ints (from :data:`MIN_DYNAMIC_SIZE` to 8192 when dynamic),
+            ``dynamic`` with ``batch`` 1 or above 1024, or ``dynamic`` with a detection head
+            (:class:`~visionkit.contrib.SSDLiteHead`).
 
     Example:
         >>> from visionkit.contrib import MobileViTv2
@@ -141,6 +157,11 @@ def export_program(
     check_type("model", model, nn.Module)
     check_type("dynamic", dynamic, bool)
     check_positive_int("batch", batch)
+    if dynamic and batch > _MAX_DYNAMIC_BATCH:
+        raise ValueError(
+            f"a dynamic export traces with a batch of at most {_MAX_DYNAMIC_BATCH} (the range of its symbolic "
+            f"batch), got batch={batch}"
+        )
     if dynamic and batch == 1:
         raise ValueError(
             "a dynamic export traces with a batch of at least 2, got batch=1: torch.export fixes a dimension of "
@@ -211,9 +232,11 @@ def export_onnx(
         TypeError: an argument has the wrong type.
         ValueError: ``opset`` below 17 or above the installed onnx's newest, an invalid ``input_size``,
             ``dynamic`` with a detection head (:class:`~visionkit.contrib.SSDLiteHead` exports with fixed height
-            and width only), or a graph that onnx's checker rejects (nothing is written then; the conversion to an
-            opset below 18 can leave an operator in a form the older opset lacks).
+            and width only), a graph that onnx's checker rejects (nothing is written then; the conversion to an
+            opset below 18 can leave an operator in a form the older opset lacks), a model on the meta device, or
+            an empty ``path``.
         FileNotFoundError: the folder of ``path`` does not exist.
+        IsADirectoryError: ``path`` is a folder, or ends with a path separator.
     """
     check_type("model", model, nn.Module)
     check_type("path", path, (str, os.PathLike))
@@ -228,6 +251,7 @@ def export_onnx(
         raise ValueError(f"opset must be from 17 to {newest} (the newest the installed onnx knows), got {opset}")
     check_positive_int("batch_size", batch_size)
     path = os.fspath(path)
+    _refuse_meta(model)
     check_output_folder(path)  # before exporting, which takes seconds to minutes
     with _eval_mode(model):
         program = export_program(model, dynamic=dynamic, input_size=input_size, batch=2 if dynamic else batch_size)
@@ -288,7 +312,8 @@ def export_aoti_package(
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: ``path`` does not end in ``.pt2``, or an invalid ``input_size`` or ``batch_size``.
+        ValueError: ``path`` does not end in ``.pt2``, an invalid ``input_size`` or ``batch_size``, or a model on
+            the meta device.
         FileNotFoundError: the folder of ``path`` does not exist.
     """
     check_type("model", model, nn.Module)
@@ -298,6 +323,7 @@ def export_aoti_package(
     path = os.fspath(path)
     if not path.endswith(".pt2"):
         raise ValueError(f"an AOTInductor package path must end in '.pt2', got {path!r}")
+    _refuse_meta(model)
     check_output_folder(path)  # before exporting, which takes seconds to minutes
     batch = 2 if dynamic_batch else batch_size
     example = _example_input(model, batch, input_size)
@@ -430,8 +456,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", required=True, help="file to write")
     parser.add_argument("--dynamic", action="store_true", help="onnx: symbolic batch, height and width")
     parser.add_argument("--dynamic-batch", action="store_true", help="pt2: symbolic batch (height and width fixed)")
-    parser.add_argument("--opset", type=int, default=18,
-                        help="ONNX opset, from 17 to the newest the installed onnx knows (default: 18)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="onnx: ONNX opset, from 17 to the newest the installed onnx knows (default: 18)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
                         help="trace size (default: 256 256)")
     parser.add_argument("--in-channels", type=int, default=3,
@@ -454,6 +480,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--dynamic (symbolic height and width) is for --format onnx; pt2 takes --dynamic-batch")
     if args.format == "onnx" and args.dynamic_batch:
         raise ValueError("--dynamic-batch is for --format pt2; onnx takes --dynamic (batch, height and width)")
+    if args.format == "pt2" and args.opset is not None:
+        raise ValueError("--opset is for --format onnx; a pt2 package has no opset")
+    if min(args.size) < 1 or (args.dynamic and not MIN_DYNAMIC_SIZE <= min(args.size) <= max(args.size) <= 8192):
+        low = MIN_DYNAMIC_SIZE if args.dynamic else 1
+        high = " to 8192" if args.dynamic else " or more"
+        raise ValueError(f"--size H W must be {low}{high} on both sides{' with --dynamic' if args.dynamic else ''}, "
+                         f"got {args.size[0]} {args.size[1]}")
+    opset = 18 if args.opset is None else args.opset
     model = build_variant(args.model, in_channels=args.in_channels).eval()
     if args.weights is not None:
         from .checkpoint import load_checkpoint
@@ -468,6 +502,6 @@ def _run(args: argparse.Namespace) -> int:
         batch = "dynamic batch" if args.dynamic_batch else "batch 1"
         print(f"wrote {path} ({args.model}, AOTInductor package, {batch}, {size[0]}x{size[1]})")
         return 0
-    path = export_onnx(model, args.output, opset=args.opset, dynamic=args.dynamic, input_size=size)
-    print(f"wrote {path} ({args.model}, opset {args.opset}, {'dynamic' if args.dynamic else 'static'})")
+    path = export_onnx(model, args.output, opset=opset, dynamic=args.dynamic, input_size=size)
+    print(f"wrote {path} ({args.model}, opset {opset}, {'dynamic' if args.dynamic else 'static'})")
     return 0

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from ._checks import check_positive_int, check_type
 from .backbone import MobileViTBackbone
 from .heads import ClassificationHead
 from .variants import VARIANTS, Variant
@@ -45,13 +46,20 @@ def count_macs(model: nn.Module, height: int = 256, width: int = 256) -> int:
         and device (every submodule's training flag is restored afterwards, also on error).
 
     Raises:
-        StopIteration: ``model`` has no :class:`torch.nn.Conv2d` to take the input channels from.
+        TypeError: ``model`` is not a module, or ``height`` or ``width`` is not an int.
+        ValueError: ``height`` or ``width`` is below 1, or ``model`` has no :class:`torch.nn.Conv2d` to take the
+            input channels from.
 
     Example:
         >>> count_macs(nn.Conv2d(3, 8, 1, bias=False), 4, 4)
         384
     """
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    check_type("model", model, nn.Module)
+    height, width = check_positive_int("height", height), check_positive_int("width", width)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError(f"count_macs takes the input channels from the model's first Conv2d, and "
+                         f"{type(model).__name__} has none")
     weight = first_conv.weight
     x = torch.zeros(1, first_conv.in_channels, height, width, dtype=weight.dtype, device=weight.device)
     return _flops_in_eval_mode(model, x) // 2
@@ -110,7 +118,12 @@ def _latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 
 def summarize(variant: Variant, size: int = 256, repeats: int = 5, latency: bool = True) -> VariantSummary:
-    """Measure one variant at ``size`` x ``size`` (batch 1, float32, eval mode)."""
+    """Measure one variant at ``size`` x ``size`` (batch 1, float32, eval mode).
+
+    Raises:
+        TypeError, ValueError: ``size`` or ``repeats`` is not a positive int.
+    """
+    size, repeats = check_positive_int("size", size), check_positive_int("repeats", repeats)
     backbone: MobileViTBackbone = variant.build().eval()
     head = ClassificationHead(backbone.out_channels, 1000)
     x = torch.rand(1, backbone.in_channels, size, size)
