@@ -106,8 +106,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 def _dynamic_shapes(input_size: Sequence[int]) -> tuple[dict[int, Any]]:
     if not MIN_DYNAMIC_SIZE <= min(input_size) <= max(input_size) <= _MAX_DYNAMIC_SIZE:
         raise ValueError(
-            f"a dynamic export traces at an input_size from {MIN_DYNAMIC_SIZE} to {_MAX_DYNAMIC_SIZE} on both sides "
-            f"(the range of its symbolic height and width), got {tuple(input_size)}"
+            f"a dynamic export traces at an input_size from {MIN_DYNAMIC_SIZE} to {_MAX_DYNAMIC_SIZE} on both sides, "
+            f"got {tuple(input_size)}"
         )
     batch = torch.export.Dim("batch", min=1, max=_MAX_DYNAMIC_BATCH)
     height = torch.export.Dim("height", min=MIN_DYNAMIC_SIZE, max=_MAX_DYNAMIC_SIZE)
