@@ -525,8 +525,8 @@ def train_one_epoch(
     model.train()
     totals = torch.zeros(3, dtype=torch.float64, device=context.device)
     for images, labels in bar:
-        images, labels = images.to(context.device), labels.to(context.device)
         _check_labels(images, labels)  # before the forward: a refused batch leaves the BatchNorm statistics alone
+        images, labels = images.to(context.device), labels.to(context.device)
         logits = model(images)
         loss = loss_fn(logits, labels)
         with torch.no_grad():
