@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
 import re
 import subprocess
@@ -229,10 +230,10 @@ def test_heap_retain_fails_clearly_without_glibc(monkeypatch: pytest.MonkeyPatch
             return 0
 
     monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: Refusing())
-    with pytest.raises(RuntimeError, match=r"glibc refused mallopt\(M_MMAP_THRESHOLD, 33554432\)"):
+    with pytest.raises(OSError, match=r"glibc refused mallopt\(M_MMAP_THRESHOLD, 33554432\)"):
         benchmark.retain_freed_memory()
     monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: object())  # e.g. musl or macOS: no mallopt
-    with pytest.raises(RuntimeError, match="needs glibc's mallopt"):
+    with pytest.raises(OSError, match="needs glibc's mallopt"):
         benchmark.retain_freed_memory()
 
 
@@ -506,3 +507,66 @@ def test_compile_options_script_switches_the_compile_forms_back_and_restores_the
         assert blocks._keeps_rank_five(x) and attention._foldable_qkv_conv() is None
     assert blocks._keeps_rank_five is keeps_rank_five and LinearSelfAttention._foldable_qkv_conv is foldable
     assert not blocks._keeps_rank_five(x)  # eager mode takes the one-permutation move
+
+
+NOTHING_TIMED = ["--variants", "--train-variants", "--highres-variants"]  # the header only
+
+
+def test_the_command_refuses_before_running_what_it_would_ignore_or_fail_on_later(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from visionkit.cli import main
+
+    monkeypatch.setattr(benchmark.ctypes, "CDLL", lambda name: object())  # e.g. musl or macOS: no mallopt
+    for args, message in (
+        (["--min-round-ms", "inf"], "--min-round-ms must be positive and finite, got inf"),
+        (["-o", ""], "the output path is empty"),
+        (["-o", "/proc/self/report.txt"], "cannot create a file in"),
+        (["--quick", "--compile-mode", "max-autotune"], "--compile-mode max-autotune sets the mode of vk_compiled"),
+        (["--heap", "retain"], "needs glibc's mallopt"),
+    ):
+        assert main(["benchmark", *NOTHING_TIMED, *args]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("visionkit benchmark: error: ") and message in captured.err
+        assert "total wall time" not in captured.out
+
+
+def test_a_report_that_fails_to_be_written_leaves_the_earlier_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = tmp_path / "report.txt"
+    report.write_text("an earlier report\n")
+
+    class FullDisk:
+        def __init__(self, path: str, mode: str) -> None:
+            self.file = builtins.open(path, mode)
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, text: str) -> None:
+            self.file.write(text[:10])
+            raise OSError(28, "No space left on device")
+
+    def writes_fail(path: str, mode: str = "r", *args: object, **kwargs: object) -> object:
+        return FullDisk(path, mode) if "w" in mode else builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "open", writes_fail, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        benchmark.main([*NOTHING_TIMED, "-o", str(report)])
+    assert report.read_text() == "an earlier report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]  # no partial file left behind
+    monkeypatch.undo()
+    benchmark.main([*NOTHING_TIMED, "-o", str(report)])
+    assert report.read_text().startswith("# visionkit benchmark")
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    done = subprocess.run(
+        f"{sys.executable} -m visionkit benchmark {' '.join(NOTHING_TIMED)} | head -c 1", shell=True,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.stdout == "#" and "Broken pipe" not in done.stderr and "Traceback" not in done.stderr, done.stderr

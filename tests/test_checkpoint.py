@@ -1100,3 +1100,11 @@ def test_checkpoint_helpers_check_their_arguments() -> None:
     for progress in (None, "no"):
         with pytest.raises(TypeError, match="progress"):
             load_checkpoint(MobileViT(mode="xxs"), state, progress=progress)  # type: ignore[arg-type]
+
+
+def test_saving_through_a_link_into_a_missing_folder_names_that_folder(tmp_path: pathlib.Path) -> None:
+    link = tmp_path / "w.pt"
+    link.symlink_to(tmp_path / "missing" / "w.pt")
+    with pytest.raises(FileNotFoundError, match="missing'$"):
+        save_checkpoint(MobileViT(mode="xxs"), link)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pt"]

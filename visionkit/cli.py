@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -72,6 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{parser.prog} {args.command}: error: this command needs {package}, which is not "
               f"installed ({hint})", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other command-line tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing at exit does not fail again
+        return 1
     except (ValueError, TypeError, OSError) as error:
         if args.traceback:
             raise

@@ -10,6 +10,7 @@ import math
 import numbers
 import operator
 import os
+import tempfile
 from collections.abc import Collection
 from typing import Any, Optional
 
@@ -154,16 +155,24 @@ def check_output_folder(path: str | os.PathLike[str]) -> None:
 
     Raises:
         ValueError: ``path`` is empty.
-        FileNotFoundError: the folder ``path`` would be written into does not exist.
+        FileNotFoundError: the folder ``path`` would be written into does not exist (for a symbolic link, the folder
+            of its target).
         IsADirectoryError: ``path`` itself is an existing folder, or ends with a path separator (names a folder).
+        OSError: no file can be created in that folder (``PermissionError`` when it is not writable).
     """
     text = os.fspath(path)
     if not text:
         raise ValueCheckError("the output path is empty; give the path of the file to write", actual_value=text)
     if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)) and not os.path.isdir(text):
         raise IsADirectoryError(f"{text!r} ends with a path separator, so it names a folder; give the path of the file")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.realpath(path))  # a link is written through, into its target's folder
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"the folder to write {os.fspath(path)!r} into does not exist: {folder!r}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{os.fspath(path)!r} is a folder; give the path of the file to write")
+    try:  # a file created and removed at once: the folder's mode alone does not say (root, read-only mounts, /proc)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".", suffix=".probe")
+    except OSError as error:
+        raise OSError(error.errno, f"cannot create a file in {folder!r} to write {text!r}: {error.strerror}") from error
+    os.close(handle)
+    os.remove(probe)

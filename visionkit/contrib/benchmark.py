@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from ._checks import check_output_folder
+from ._files import replaced_on_success
 
 __all__ = [
     "DEFAULT_VARIANTS",
@@ -165,15 +166,15 @@ def retain_freed_memory() -> str:
     ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824``, or from preloading jemalloc or tcmalloc.
 
     Raises:
-        RuntimeError: the C library is not glibc (no ``mallopt``) or refused a setting.
+        OSError: the C library is not glibc (no ``mallopt``) or refused a setting.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError, TypeError) as error:
-        raise RuntimeError(f"--heap retain needs glibc's mallopt, which this C library lacks ({error})") from None
+        raise OSError(f"--heap retain needs glibc's mallopt, which this C library lacks ({error})") from None
     for name, (param, value) in RETAIN_HEAP_SETTINGS.items():
         if mallopt(param, value) != 1:
-            raise RuntimeError(f"glibc refused mallopt({name}, {value})")
+            raise OSError(f"glibc refused mallopt({name}, {value})")
     return ", ".join(f"{name} {value >> 20} MiB" for name, (_, value) in RETAIN_HEAP_SETTINGS.items())
 
 
@@ -744,7 +745,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     )
     parser.add_argument(
         "--compile-mode",
-        default="default",
+        default=None,
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode of vk_compiled; reduce-overhead replays CUDA graphs on a GPU (default: default)",
     )
@@ -787,13 +788,24 @@ _FULL = {"variants": list(DEFAULT_VARIANTS), "rounds": 15, "train_variants": ["m
 
 
 def _resolve_defaults(args: argparse.Namespace) -> None:
-    """Fill the options left out (``None``): ``--quick`` changes only these, never what was given."""
+    """Fill the options left out (``None``): ``--quick`` changes only these, never what was given.
+
+    Raises:
+        ValueError: ``--compile-mode`` is given but ``vk_compiled`` is not measured, so it would be ignored.
+    """
     for key, value in (_QUICK if args.quick else _FULL).items():
         if getattr(args, key, None) is None:
             setattr(args, key, list(value) if isinstance(value, list) else value)
     if getattr(args, "impls", None) is None:
         skip = ("vk_compiled", "vk_aoti") if args.quick else ()
         args.impls = [i for i in IMPLEMENTATIONS if i not in skip]
+    if getattr(args, "compile_mode", None) is None:
+        args.compile_mode = "default"
+    elif "vk_compiled" not in args.impls:
+        raise ValueError(
+            f"--compile-mode {args.compile_mode} sets the mode of vk_compiled, which this run does not measure "
+            "(--quick leaves it out): add vk_compiled to --impls"
+        )
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -807,8 +819,8 @@ def _check_options(args: argparse.Namespace) -> None:
     ):
         if value < least:
             raise ValueError(f"{option} must be at least {least}, got {value}")
-    if not args.min_round_ms > 0:
-        raise ValueError(f"--min-round-ms must be positive, got {args.min_round_ms}")
+    if not 0 < args.min_round_ms < math.inf:
+        raise ValueError(f"--min-round-ms must be positive and finite, got {args.min_round_ms}")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -828,7 +840,7 @@ def _check_options(args: argparse.Namespace) -> None:
             "transformers is not installed, and the transformers rows and the training table need it: "
             "pip install -e '.[bench]' (or leave them out: --impls without hf_*, --train-variants with no names)"
         )
-    if args.output:
+    if args.output is not None:
         check_output_folder(args.output)
 
 
@@ -881,8 +893,8 @@ def run(args: argparse.Namespace) -> int:
     if args.highres_variants:
         _highres(args, device, out)
     out(f"\ntotal wall time {time.time() - started:.0f} s")
-    if args.output:
-        with open(args.output, "w") as f:
+    if args.output is not None:
+        with replaced_on_success(args.output) as partial, open(partial, "w") as f:  # an earlier report stays whole
             f.write("\n".join(lines) + "\n")
     return 0
 
