@@ -261,7 +261,7 @@ def test_linear_backends_script_times_both_products_and_compares_their_results(
     assert len(rows) == len(script.SHAPES)
     for row in rows:
         blas_us, onednn_us, ratio, diff = (float(value) for value in row[-4:])
-        assert blas_us > 0 and onednn_us > 0 and ratio == pytest.approx(onednn_us / blas_us, abs=0.01)
+        assert blas_us > 0 and onednn_us > 0 and ratio == pytest.approx(onednn_us / blas_us, rel=0.01, abs=0.01)
         assert diff < 1e-3
 
 
@@ -278,7 +278,9 @@ def test_compile_options_script_times_both_settings_and_compares_their_outputs(
     rows = [line.split() for line in lines if line.startswith(" ") and "ms" not in line]
     assert [row[0] for row in rows] == ["mobilevitv2_050"]
     off_ms, on_ms, ratio, diff = (float(value) for value in rows[0][1:])
-    assert off_ms > 0 and on_ms > 0 and ratio == pytest.approx(on_ms / off_ms, abs=0.01)
+    # the printed times are rounded to 0.01 ms, so the ratio of the printed times is only within about 1% of the one
+    # printed (2.21 and 9.83 ms printed a ratio of 4.46, the printed times give 4.448)
+    assert off_ms > 0 and on_ms > 0 and ratio == pytest.approx(on_ms / off_ms, rel=0.01, abs=0.01)
     assert diff < 1e-4
 
 
@@ -384,7 +386,7 @@ def test_header_names_the_cpu_generation_and_vector_width(tmp_path: Path) -> Non
         (["--rounds", "0"], "--rounds must be at least 1, got 0"),
         (["--train-batch", "0"], "--train-batch must be at least 1, got 0"),
         (["--highres", "-5", "10"], "--highres must be at least 1, got -5"),
-        (["--min-round-ms", "0"], "--min-round-ms must be positive, got 0.0"),
+        (["--min-round-ms", "0"], "--min-round-ms must be positive and finite, got 0.0"),
         (["--train-variants", "mobilevitv3_xxs"], "mobilevitv3_xxs has no transformers counterpart"),
         (["-o", "/nonexistent-folder/report.txt"], "the folder to write '/nonexistent-folder/report.txt' into"),
     ],

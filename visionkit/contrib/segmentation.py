@@ -16,9 +16,11 @@ v1 (XXS/XS/S), VOC, OS16            ``MobileViT(mode, output_stride=16, expand_o
                                     ``DeepLabV3Head(C5, 21)`` (ASPP 256, rates 6/12/18);
                                     full-size logits: ``scale_factor=16, align_corners=False``
 v2 / v3-on-v2, VOC, OS16            ``MobileViTv2(width, output_stride=16)`` + ``DeepLabV3Head(C5, 21,
-                                    aspp_channels=512)``; full size: ``scale_factor=16, align_corners=True``
+                                    aspp_channels=512, classifier_dropout=0.0)`` (cvnets v0.2 has no dropout
+                                    before the classifier); full size: ``scale_factor=16, align_corners=True``
 v2, ADE20K, OS8                     ``MobileViTv2(width, output_stride=8)`` + ``DeepLabV3Head(C5, 151,
-                                    aspp_channels=512, atrous_rates=(12, 24, 36))``; ``scale_factor=8``
+                                    aspp_channels=512, atrous_rates=(12, 24, 36), classifier_dropout=0.0)``;
+                                    full size: ``scale_factor=8, align_corners=True``
 =================================== ============================================================================
 """
 
@@ -173,7 +175,9 @@ class DeepLabV3Head(nn.Module):
         aspp_channels: ASPP branch width :math:`A` (256 official v1, 512 official v2 / v3-on-v2).
         atrous_rates: the three atrous rates ((6, 12, 18) at OS16, (12, 24, 36) at OS8).
         dropout: dropout after the ASPP projection.
-        classifier_dropout: ``Dropout2d`` probability before the classifier.
+        classifier_dropout: ``Dropout2d`` probability before the classifier: 0.1 in the official v1 and v3-on-v1
+            heads (cvnets v0.1); the v2 and v3-on-v2 heads (cvnets v0.2) have none, so pass 0.0 to train those
+            recipes. Inference does not depend on it.
         output_size: resize the logits to this fixed :math:`(H_o, W_o)`.
         scale_factor: upsample the logits by this factor (e.g. 16).
         align_corners: ``align_corners`` of the bilinear resize (official v0.1: ``False``, v0.2+: ``True``).
@@ -321,6 +325,8 @@ class DeepLabV3Head(nn.Module):
 
         Backbones with the v1 block (v1, v3-XXS/XS/S, built on cvnets v0.1) name the classifier
         ``seg_head.classifier.classifier.*``; those with the v2 block (v2, v3-0.5/0.75/1.0) ``seg_head.classifier.*``.
+        The v0.2 zoo's "DeepLabv3 MobileViTv1" (output stride 8, ASPP 512) names it ``seg_head.classifier.*``
+        although its backbone is v1: such a file loads, and saving writes the v0.1 name.
 
         Args:
             key: a key of this head's state dict, e.g. ``"classifier.block.conv.weight"``.
