@@ -607,3 +607,8 @@ def test_low_level_blocks_check_expansion_depthwise_flag_and_patch_rank() -> Non
         MobileViTBlock(48, 64, 128, num_layers=1, local_depthwise="no")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\(B, C, P, N\) patches, got shape \(1, 3, 4\)"):
         fold_patches(torch.rand(1, 3, 4), 4, 4, 2)
+
+
+def test_fx_symbolic_tracing_of_a_whole_backbone_says_what_records_it_instead() -> None:
+    with pytest.raises(TypeError, match=r"torch.fx.symbolic_trace cannot trace a whole backbone.*torch.export"):
+        torch.fx.symbolic_trace(MobileViT(mode="xxs").eval())

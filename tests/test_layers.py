@@ -319,9 +319,9 @@ def test_double_backward_through_the_fused_batchnorm_silu_matches_the_plain_modu
 
 @pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
 def test_forward_mode_ad_and_vmap_see_the_plain_operations(name) -> None:
-    # A packed oneDNN call would drop the tangent silently, and vmap has no rule for it or for layout queries.
+    # A packed oneDNN call would drop the tangent silently, and vmap has no rule for it or for layout queries; the
+    # CPU flash-attention kernel has no forward-mode derivative (the model runs attention's math kernel then).
     from torch.autograd import forward_ad
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     torch.manual_seed(0)
     model = build_variant(name).eval().double()
@@ -330,12 +330,14 @@ def test_forward_mode_ad_and_vmap_see_the_plain_operations(name) -> None:
     with torch.no_grad():
         mapped = torch.vmap(lambda image: model(image.unsqueeze(0)).squeeze(0))(x)
         torch.testing.assert_close(mapped, model(x), rtol=1e-9, atol=1e-9)
-        with forward_ad.dual_level(), sdpa_kernel(SDPBackend.MATH):  # the CPU flash kernel has no forward AD
+        with forward_ad.dual_level():
             tangent = forward_ad.unpack_dual(model(forward_ad.make_dual(x, direction))).tangent
         step = 1e-6
         finite = (model(x + step * direction) - model(x - step * direction)) / (2 * step)
     assert tangent is not None and tangent.abs().max() > 0
     torch.testing.assert_close(tangent, finite, rtol=1e-5, atol=1e-5)
+    _, jvp_tangent = torch.func.jvp(model, (x,), (direction,))  # the torch.func form of the same product
+    torch.testing.assert_close(jvp_tangent, tangent, rtol=1e-9, atol=1e-9)
 
 
 def test_inference_tensors_are_folded_on_every_call_without_a_cache() -> None:

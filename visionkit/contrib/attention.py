@@ -16,9 +16,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._checks import check_positive_int, check_probability
-from .layers import ConvLayer, _runs_unobserved
+from .layers import ConvLayer, _runs_unobserved, in_function_transform
 from .linear import _inductor_freezes, project
 
 __all__ = ["LinearAttnFFN", "LinearSelfAttention", "MultiHeadAttention", "TransformerEncoder"]
@@ -71,8 +72,21 @@ class MultiHeadAttention(nn.Module):
         qkv = qkv.reshape(batch, tokens, 3 * self.num_heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([self.num_heads] * 3, dim=1)
         dropout_p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).transpose(1, 2).reshape(batch, tokens, dim)
+        if torch.jit.is_scripting():
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            out = _attention(q, k, v, dropout_p)
+        out = out.transpose(1, 2).reshape(batch, tokens, dim)
         return self.out_proj(out) if torch.jit.is_scripting() else project(self.out_proj, out)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """``F.scaled_dot_product_attention``; under a function transform or forward-mode AD with its math kernel, since
+    the CPU flash kernel has no forward-mode derivative (``torch.func.jvp`` and ``jacfwd`` failed on v1)."""
+    if not in_function_transform():
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    with sdpa_kernel(SDPBackend.MATH):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 def _check_encoder_arguments(dim: int, ffn_dim: int, dropout: float, ffn_dropout: float) -> None:

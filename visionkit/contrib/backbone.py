@@ -324,6 +324,12 @@ class MobileViTBackbone(nn.Module):
         return x
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError(
+                "torch.fx.symbolic_trace cannot trace a whole backbone: its forward follows the input size (the "
+                "official resize rules); record it with torch.export (visionkit.contrib.export_program) or "
+                "torch.jit.trace, or trace its transformer layers, which FX can"
+            )
         check_image(x, self.in_channels)
         check_same_place(x, next(self.parameters(), None))
 
