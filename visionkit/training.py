@@ -248,26 +248,35 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+class _EpochOfPass:
+    """The epoch of a sampler's next pass: the one given to ``set_epoch`` since the last pass, or else the pass after
+    the previous one (a loop of the user's own that never calls it still gets a new order each pass)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.given: Optional[int] = None
+
+    def take(self) -> int:
+        epoch = self.next if self.given is None else self.given
+        self.given, self.next = None, epoch + 1
+        return epoch
+
+
 class _EpochShuffler(Sampler[int]):
     """One process's shuffling: the order of epoch ``e`` is a permutation seeded with ``seed + e`` (as
-    :class:`~torch.utils.data.distributed.DistributedSampler` seeds its own); the epoch is the one given to
-    :meth:`set_epoch`, or else the pass after the previous one, so a resumed run that gives it sees the same orders
-    as an uninterrupted one."""
+    :class:`~torch.utils.data.distributed.DistributedSampler` seeds its own), the epoch as :class:`_EpochOfPass`
+    gives it, so a resumed run that sets it sees the same orders as an uninterrupted one."""
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
         self.size = len(dataset)  # type: ignore[arg-type]
         self.seed = seed
-        self.next_epoch = 0
-        self.given_epoch: Optional[int] = None
+        self.epochs = _EpochOfPass()
 
     def set_epoch(self, epoch: int) -> None:
-        self.given_epoch = epoch
+        self.epochs.given = epoch
 
     def __iter__(self) -> Iterator[int]:
-        # Without a set_epoch call since the last pass (a loop of the user's own), the next epoch follows.
-        epoch = self.next_epoch if self.given_epoch is None else self.given_epoch
-        self.given_epoch, self.next_epoch = None, epoch + 1
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epochs.take())
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -275,23 +284,19 @@ class _EpochShuffler(Sampler[int]):
 
 
 class _DistributedEpochSampler(DistributedSampler):
-    """:class:`~torch.utils.data.distributed.DistributedSampler` whose epoch, like :class:`_EpochShuffler`'s, counts
-    the passes over the loader unless :meth:`set_epoch` gave it (PyTorch's keeps the last epoch set, so without
-    ``set_epoch`` every pass had the same order)."""
+    """:class:`~torch.utils.data.distributed.DistributedSampler` whose epoch is the one :class:`_EpochOfPass` gives
+    (PyTorch's keeps the last epoch set, so without ``set_epoch`` every pass had the same order)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.next_epoch = 0
-        self.given_epoch: Optional[int] = None
+        self.epochs = _EpochOfPass()
 
     def set_epoch(self, epoch: int) -> None:
-        self.given_epoch = epoch
+        self.epochs.given = epoch
         super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.next_epoch if self.given_epoch is None else self.given_epoch
-        self.given_epoch, self.next_epoch = None, epoch + 1
-        super().set_epoch(epoch)
+        super().set_epoch(self.epochs.take())
         return super().__iter__()
 
 
