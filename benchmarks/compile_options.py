@@ -9,18 +9,21 @@ largest difference between the two outputs. The options:
   wrapper for CPU models because of what this script showed on the machine we measured;
 * ``model_guards``: dynamo's guards on the model's modules kept (checked at every call) against dropped, which is
   ``compile_for_inference``'s default;
-* ``compile_forms``: not an argument but the two forms the blocks take only under ``torch.compile`` (recorded
+* ``compile_forms``: not an argument but the three forms the model takes only under ``torch.compile`` (recorded
   graphs keep the others), against those recorded forms: the patch unfold and fold as one permutation of a rank-6
-  view instead of two rank-5 moves (:func:`visionkit.contrib.blocks.unfold_tokens`), and MobileViTv2's attention
+  view instead of two rank-5 moves (:func:`visionkit.contrib.blocks.unfold_tokens`), MobileViTv2's attention
   projecting its score-weighted input to keys instead of every token
-  (:class:`visionkit.contrib.attention.LinearSelfAttention`). For ``False`` both are switched back around each call
-  of that model (so dynamo's guards see the same functions at every call and never recompile);
+  (:class:`visionkit.contrib.attention.LinearSelfAttention`), and consecutive 1x1 convolutions composed into one
+  (:mod:`visionkit.contrib.composition`). For ``False`` all three are switched back around each call of that model
+  (so dynamo's guards see the same functions at every call and never recompile);
+* ``composed_convolutions``: the third of those forms alone, against the model without it;
 * ``max_autotune``: ``mode="max-autotune"`` (Inductor times candidate kernels, among them its own C++ matrix
   products, and keeps the fastest) against the default mode. It compiles for about a minute per model.
 
 Run it on your machine. The two compilations took about 25 s for MobileViT-XXS.
 
-    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards|compile_forms|max_autotune] [--rounds 15]
+    python benchmarks/compile_options.py [--option cpp_wrapper|model_guards|compile_forms|composed_convolutions|
+        max_autotune] [--rounds 15]
         [--batch 1] [--size 256] [--threads 2] [--variants mobilevit_xxs ...]
 """
 
@@ -37,22 +40,35 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from visionkit.contrib import blocks, compile_for_inference
+from visionkit.contrib import backbone, blocks, compile_for_inference
 from visionkit.contrib.attention import LinearSelfAttention
 from visionkit.contrib.benchmark import DEFAULT_VARIANTS, retain_freed_memory
 from visionkit.contrib.variants import build_variant
 
-OPTIONS = ("cpp_wrapper", "model_guards", "compile_forms", "max_autotune")
+OPTIONS = ("cpp_wrapper", "model_guards", "compile_forms", "composed_convolutions", "max_autotune")
+
+
+@contextlib.contextmanager
+def uncomposed_convolutions() -> Iterator[None]:
+    """Every 1x1 convolution on its own, as in exported graphs, also under torch.compile."""
+    composes = backbone.composes_pointwise
+    backbone.composes_pointwise = lambda: False
+    try:
+        yield
+    finally:
+        backbone.composes_pointwise = composes
 
 
 @contextlib.contextmanager
 def recorded_forms() -> Iterator[None]:
-    """The rank-5 patch moves and the official qkv projection, as in exported graphs, also under torch.compile."""
+    """The rank-5 patch moves, the official qkv projection and uncomposed convolutions, as in exported graphs, also
+    under torch.compile."""
     keeps_rank_five, foldable = blocks._keeps_rank_five, LinearSelfAttention._foldable_qkv_conv
     blocks._keeps_rank_five = lambda x: True
     LinearSelfAttention._foldable_qkv_conv = lambda self: None
     try:
-        yield
+        with uncomposed_convolutions():
+            yield
     finally:
         blocks._keeps_rank_five, LinearSelfAttention._foldable_qkv_conv = keeps_rank_five, foldable
 
@@ -61,14 +77,15 @@ def _compiled(fused: nn.Module, option: str, setting: bool) -> Callable[[torch.T
     """``fused`` (copied) compiled with ``option`` set to ``setting``."""
     if option == "max_autotune":
         return compile_for_inference(copy.deepcopy(fused), mode="max-autotune" if setting else None)
-    if option != "compile_forms":
+    if option not in ("compile_forms", "composed_convolutions"):
         return compile_for_inference(copy.deepcopy(fused), **{option: setting})
     compiled = compile_for_inference(copy.deepcopy(fused))
     if setting:
         return compiled
+    without = recorded_forms if option == "compile_forms" else uncomposed_convolutions
 
     def with_recorded_forms(x: torch.Tensor) -> Any:
-        with recorded_forms():
+        with without():
             return compiled(x)
 
     return with_recorded_forms

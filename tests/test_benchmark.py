@@ -272,7 +272,9 @@ def test_linear_backends_script_times_both_products_and_compares_their_results(
         assert diff < 1e-3
 
 
-@pytest.mark.parametrize("option", ["cpp_wrapper", "model_guards", "compile_forms", "max_autotune"])
+@pytest.mark.parametrize(
+    "option", ["cpp_wrapper", "model_guards", "compile_forms", "composed_convolutions", "max_autotune"]
+)
 def test_compile_options_script_times_both_settings_and_compares_their_outputs(
     option: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -503,17 +505,23 @@ def test_high_resolution_runs_under_the_requested_autocast(capsys, monkeypatch) 
 
 
 def test_compile_options_script_switches_the_compile_forms_back_and_restores_them() -> None:
-    from visionkit.contrib import blocks
+    from visionkit.contrib import backbone, blocks
     from visionkit.contrib.attention import LinearSelfAttention
 
     script = _benchmark_script("compile_options")
     attention = LinearSelfAttention(8)
     x = torch.rand(1, 2, 2, 2)
     keeps_rank_five, foldable = blocks._keeps_rank_five, LinearSelfAttention._foldable_qkv_conv
+    composes = backbone.composes_pointwise
     with script.recorded_forms():
         assert blocks._keeps_rank_five(x) and attention._foldable_qkv_conv() is None
+        assert backbone.composes_pointwise is not composes and not backbone.composes_pointwise()
     assert blocks._keeps_rank_five is keeps_rank_five and LinearSelfAttention._foldable_qkv_conv is foldable
+    assert backbone.composes_pointwise is composes
     assert not blocks._keeps_rank_five(x)  # eager mode takes the one-permutation move
+    with script.uncomposed_convolutions():
+        assert not backbone.composes_pointwise() and blocks._keeps_rank_five is keeps_rank_five
+    assert backbone.composes_pointwise is composes
 
 
 NOTHING_TIMED = ["--variants", "--train-variants", "--highres-variants"]  # the header only

@@ -27,6 +27,7 @@ from ._checks import (
     check_choice, check_image, check_int, check_positive_int, check_probability, check_same_place, check_type,
 )
 from .blocks import MobileViTBlock, MobileViTBlockV2
+from .composition import composes_pointwise, run_composed
 from .configs import (
     BackboneConfig,
     ConvStageConfig,
@@ -387,11 +388,15 @@ class MobileViTBackbone(nn.Module):
         maps: dict[int, torch.Tensor] = {}
         with batchnorm_statistics_restored_on_error(self, x):
             x = self.conv_1(self._to_working_layout(x))
-            for level, stage in enumerate(self.stages[: max(wanted) + 1]):
-                x = self._run_stage(stage, x)
-                if level in wanted:
-                    maps[level] = self._to_output_layout(x)
-        return [maps[i] for i in wanted]
+            stages = self.stages[: max(wanted) + 1]
+            if composes_pointwise():
+                x, maps = run_composed(stages, x, kept=wanted)
+            else:
+                for level, stage in enumerate(stages):
+                    x = self._run_stage(stage, x)
+                    if level in wanted:
+                        maps[level] = x
+        return [self._to_output_layout(maps[i]) for i in wanted]
 
     def fuse(self) -> "MobileViTBackbone":
         """Fold every BatchNorm into its convolution for inference, in place (see :func:`fuse_batchnorm`).
@@ -429,8 +434,11 @@ class MobileViTBackbone(nn.Module):
         self._check_input(x)
         with batchnorm_statistics_restored_on_error(self, x):
             x = self.conv_1(self._to_working_layout(x))
-            for stage in self.stages:
-                x = self._run_stage(stage, x)
+            if composes_pointwise():
+                x, _ = run_composed(self.stages, x)
+            else:
+                for stage in self.stages:
+                    x = self._run_stage(stage, x)
             return self._to_output_layout(self.conv_1x1_exp(x))
 
 

@@ -386,11 +386,27 @@ class MobileViTBlockV2(nn.Module):
         self.conv_proj = ConvLayer(proj_in, in_channels, 1, act_layer=None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, unprojected = self.forward_before_projection(x)
+        if self.fuse_local:
+            return x + self.conv_proj(unprojected)
+        return self.conv_proj(unprojected)
+
+    def forward_before_projection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block up to ``conv_proj``: the resized input and the map that ``conv_proj`` takes.
+
+        Args:
+            x: the block input :math:`(B, C, H, W)`.
+
+        Returns:
+            The input resized to :math:`(B, C, H', W')` (:math:`H', W'` multiples of the patch) and the global map
+            :math:`(B, d, H', W')`, or with ``fusion="local"`` the global and local maps stacked,
+            :math:`(B, 2d, H', W')`.
+        """
         x = _resize_to_multiple(x, self.patch_size, align_corners=True)
         height, width = x.shape[-2:]
         local = self.local_rep(x)
         patches = self.global_rep(unfold_patches(local, self.patch_size))
         global_map = fold_patches(patches, height, width, self.patch_size)
         if self.fuse_local:
-            return x + self.conv_proj(torch.cat((global_map, local), dim=1))
-        return self.conv_proj(global_map)
+            return x, torch.cat((global_map, local), dim=1)
+        return x, global_map

@@ -105,7 +105,8 @@ def compile_for_inference(
 
     * Inductor's freezing (``torch._inductor.config.freezing``, turned on around every call of the result, since
       dynamo reads it while tracing): parameters become constants, so convolution and matrix-product weights are
-      reordered once for oneDNN and BatchNorms folded at compile time;
+      reordered once for oneDNN and BatchNorms folded at compile time, and a backbone's consecutive 1x1
+      convolutions are composed into one where that saves work (:mod:`~visionkit.contrib.composition`);
     * the model's 4-D weights are converted to channels-last memory format (in place, as
       :meth:`~torch.nn.Module.to` does);
     * with frozen parameters the transformer projections (:func:`~visionkit.contrib.linear.project`) are compiled to
