@@ -1,17 +1,17 @@
 """Consecutive 1x1 convolutions composed into one, in compiled inference with frozen weights.
 
 Two blocks of the backbones end with a 1x1 convolution that has no activation and no residual after it: an
-:class:`~visionkit.contrib.layers.InvertedResidual` without shortcut (its ``red_1x1``) and the MobileViTv2 block
-(:class:`~visionkit.contrib.blocks.MobileViTBlockV2` without fusion, its ``conv_proj``). Where the next block starts
-with a 1x1 convolution (the ``exp_1x1`` of an inverted residual without shortcut), nothing nonlinear lies between
-the two, so they are one affine map: with BatchNorms (eval mode) folded in, :math:`W_2 (W_1 x + b_1) + b_2 =
-(W_2 W_1) x + (W_2 b_1 + b_2)`. For :math:`C_{in} \\to C_{mid} \\to C_{out}` channels the pair costs :math:`C_{mid}
-(C_{in} + C_{out})` multiply-adds per pixel and the composition :math:`C_{in} C_{out}`; it is used only where that is
-fewer, and the intermediate map is never written.
+``InvertedResidual`` without shortcut (its ``red_1x1``) and the MobileViTv2 block (``MobileViTBlockV2`` without
+fusion: its ``conv_proj``). Where the next block starts with a 1x1 convolution (the ``exp_1x1`` of an inverted
+residual without shortcut), nothing nonlinear lies between the two, so they are one affine map: with BatchNorms
+(eval mode) folded in, :math:`W_2 (W_1 x + b_1) + b_2 = (W_2 W_1) x + (W_2 b_1 + b_2)`. For :math:`C_{in} \\to
+C_{mid} \\to C_{out}` channels the pair costs :math:`C_{mid} (C_{in} + C_{out})` multiply-adds per pixel and the
+composition :math:`C_{in} C_{out}`; it is used only where that is fewer, and the intermediate map is never written.
 
 In MobileViTv2 this removes three of the largest convolutions: ``layer_1``'s last projection into ``layer_2``'s first
 expansion (:math:`C_{in} = C_{mid}`), and ``conv_proj`` of ``layer_3`` and ``layer_4`` into the expansion that starts
-the next level (:math:`C_{mid} = 2 C_{in}`). MobileViT v1 and v3 have no such pair where composing saves work.
+the next level (:math:`C_{mid} = 2 C_{in}`). MobileViT v1 and v3-on-v1 have no pair where composing saves work;
+v3-on-v2 has the first of the three (its blocks add their input after ``conv_proj``).
 
 The composition happens only while :func:`torch.compile` traces with Inductor's freezing and gradients off (as
 :func:`~visionkit.contrib.compile_for_inference` arranges): the weights are then constants, and Inductor computes
@@ -23,7 +23,7 @@ tracing) keep the official convolutions. The results equal the uncomposed ones t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
@@ -119,7 +119,7 @@ def _composed(first: _Pointwise, second: _Pointwise) -> Optional[tuple[torch.Ten
 
 
 def run_composed(
-    stages: Sequence[nn.Module], x: torch.Tensor, kept: Collection[int] = ()
+    stages: Sequence[nn.Module], x: torch.Tensor, kept: Sequence[int] = ()
 ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Run ``stages`` one after the other, composing consecutive 1x1 convolutions where that saves work.
 
