@@ -41,14 +41,20 @@ def _conv_modules(model: nn.Module) -> int:
 
 
 def _randomized(model: nn.Module) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters, so that a wrong fold shows."""
+    """Non-trivial BatchNorm statistics and affine parameters, so that a wrong fold shows.
+
+    The convolutions are drawn to keep the maps near unit scale: with the default initialisation the maps of the
+    first levels are so small that BatchNorm shifts swamp them and the output no longer depends on the input.
+    """
     torch.manual_seed(3)
     for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
         if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
-            nn.init.uniform_(module.bias, -0.5, 0.5)
+            nn.init.uniform_(module.bias, -0.1, 0.1)
     return model.eval()
 
 
@@ -63,9 +69,10 @@ def test_mobilevitv2_composes_its_three_projection_expansion_pairs(fused: bool, 
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         expected = model(x)
+    assert (expected[0] - expected[1]).abs().max() > 0.1  # the output follows the input, so a wrong weight shows
     convolutions, out = _frozen_trace(model, x)
     assert convolutions == _conv_modules(model) - 3
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_nothing_is_composed_across_a_level_the_caller_keeps() -> None:
@@ -85,7 +92,7 @@ def test_nothing_is_composed_across_a_level_the_caller_keeps() -> None:
         assert convolutions == run - composed, indices
         assert len(maps) == len(indices)
         for got, want in zip(maps, expected):
-            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +111,7 @@ def test_other_families_compose_only_where_it_saves_work(build: Callable[[], nn.
         expected = model(x)
     convolutions, out = _frozen_trace(model, x)
     assert convolutions == _conv_modules(model) - composed
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_a_hooked_module_runs_as_itself() -> None:
@@ -115,6 +122,24 @@ def test_a_hooked_module_runs_as_itself() -> None:
     convolutions, _ = _frozen_trace(model, x)
     assert convolutions == _conv_modules(model) - 2  # layer_1 into layer_2 is left alone
     assert seen == [torch.Size([1, 64, 32, 32])]
+
+
+@pytest.mark.parametrize("path", ["layer_2.0.block.exp_1x1", "layer_1.0.block.red_1x1", "layer_1", "layer_3.1"])
+def test_a_module_whose_forward_is_replaced_runs_it(path: str) -> None:
+    # as hook libraries (e.g. accelerate's add_hook_to_module) and debugging patches replace forward on the instance
+    model = _randomized(MobileViTv2(width_multiplier=0.5)).fuse()
+    module = model.get_submodule(path)
+    original = module.forward
+    module.forward = lambda x: original(x).flip(-1)  # not undone by the norms after it, as a scale would be
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        module.forward = original
+        unpatched = model(x)
+        module.forward = lambda x: original(x).flip(-1)
+    assert (expected - unpatched).abs().max() > 1e-2  # the replacement changes the output
+    _, out = _frozen_trace(model, x)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_recorded_and_unfrozen_graphs_keep_every_convolution() -> None:

@@ -13,12 +13,14 @@ expansion (:math:`C_{in} = C_{mid}`), and ``conv_proj`` of ``layer_3`` and ``lay
 the next level (:math:`C_{mid} = 2 C_{in}`). MobileViT v1 and v3-on-v1 have no pair where composing saves work;
 v3-on-v2 has the first of the three (its blocks add their input after ``conv_proj``).
 
-The composition happens only while :func:`torch.compile` traces with Inductor's freezing and gradients off (as
-:func:`~visionkit.contrib.compile_for_inference` arranges): the weights are then constants, and Inductor computes
-the product :math:`W_2 W_1` once, at compile time. A level whose map the caller asks for
-(:meth:`~visionkit.contrib.MobileViTBackbone.forward_intermediates`) is a boundary nothing is composed across, and
-modules with hooks run as themselves. Recorded graphs (:func:`torch.export.export`, hence ONNX and AOTInductor,
-tracing) keep the official convolutions. The results equal the uncomposed ones to float rounding.
+The composition happens only while :func:`torch.compile` traces with gradients off and Inductor's global freezing
+flag (``torch._inductor.config.freezing``) set, as :func:`~visionkit.contrib.compile_for_inference` arranges around
+each call (``torch.compile``'s ``options={"freezing": True}`` alone reaches Inductor after the trace, so it does not
+compose): the weights are then constants, and Inductor computes the product :math:`W_2 W_1` once, at compile time. A
+level whose map the caller asks for (:meth:`~visionkit.contrib.MobileViTBackbone.forward_intermediates`) is a
+boundary nothing is composed across, and modules with hooks or with a replaced ``forward`` (on the instance, as hook
+libraries do, or on the class) run as themselves. Recorded graphs (:func:`torch.export.export`, hence ONNX and
+AOTInductor, tracing) keep the official convolutions. The results equal the uncomposed ones to float rounding.
 """
 
 from __future__ import annotations
@@ -68,6 +70,26 @@ def composes_pointwise() -> bool:
     return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and _inductor_freezes()
 
 
+# The forwards the decomposed path stands in for: a module whose forward is replaced (on the instance, as hook
+# libraries do, or on the class) runs as itself.
+_BUILT_FORWARDS = {
+    cls: cls.forward
+    for cls in (
+        ConvLayer, InvertedResidual, MobileViTBlockV2, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.SyncBatchNorm
+    )
+}
+
+
+def _runs_as_built(*modules: Optional[nn.Module]) -> bool:
+    """Whether no hook would notice, and no replaced ``forward`` would be skipped, if ``modules`` ran decomposed."""
+    for module in modules:
+        if module is not None and (
+            "forward" in module.__dict__ or type(module).forward is not _BUILT_FORWARDS.get(type(module))
+        ):
+            return False
+    return _runs_unobserved(*modules)
+
+
 def _pointwise(step: Step) -> Optional[_Pointwise]:
     """``step``'s parts when it is a :class:`ConvLayer` (as built, no hooks) with a 1x1 convolution, else None."""
     if type(step) is not ConvLayer or type(step.block) is not nn.Sequential:
@@ -76,7 +98,7 @@ def _pointwise(step: Step) -> Optional[_Pointwise]:
     conv, norm, act = modules.get("conv"), modules.get("norm"), modules.get("act")
     if list(modules) != [name for name, module in (("conv", conv), ("norm", norm), ("act", act)) if module is not None]:
         return None
-    if not _runs_unobserved(step, step.block, conv, norm, act) or type(conv) is not nn.Conv2d:
+    if type(conv) is not nn.Conv2d or not _runs_as_built(step, step.block, conv, norm) or not _runs_unobserved(act):
         return None
     if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
         return None
@@ -92,13 +114,13 @@ def _pointwise(step: Step) -> Optional[_Pointwise]:
 
 def _block_steps(block: nn.Module) -> list[Step]:
     """``block`` as steps whose composition is its forward: its modules where it is a plain chain, else itself."""
-    if not _runs_unobserved(block):
+    if not _runs_as_built(block):
         return [block]
     if type(block) is InvertedResidual and not block.use_residual:
         chain = block.block
-        if type(chain) is nn.Sequential and _runs_unobserved(chain):
+        if type(chain) is nn.Sequential and _runs_as_built(chain):
             return list(chain)
-    if type(block) is MobileViTBlockV2 and not block.fuse_local:
+    if type(block) is MobileViTBlockV2 and not block.fuse_local and "forward_before_projection" not in block.__dict__:
         return [lambda x: block.forward_before_projection(x)[1], block.conv_proj]
     return [block]
 
@@ -142,7 +164,7 @@ def run_composed(
     """
     steps: list[Union[Step, _LevelEnd]] = []
     for level, stage in enumerate(stages):
-        if type(stage) is nn.Sequential and _runs_unobserved(stage):
+        if type(stage) is nn.Sequential and _runs_as_built(stage):
             for block in stage:
                 steps.extend(_block_steps(block))
         else:
